@@ -1,0 +1,32 @@
+# One-command set-up: `make demo` runs the main job, `make test` runs the tests.
+# Both create .venv when missing. torch is installed first from the CPU wheel
+# pinned below (a plain `pip install torch` would pull a multi-GB CUDA build).
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/mobilevits demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check mobilevits converters tests benchmarks
+
+clean:
+	rm -rf $(VENV) out .pytest_cache

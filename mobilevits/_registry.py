@@ -1,0 +1,140 @@
+"""Model registry: names -> builders, with the paper's numbers and the resolution contract."""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from .base import ImageClassifier, Preprocess
+
+
+@dataclass(frozen=True)
+class PaperNumbers:
+    """What the paper (or official repo) reports for a variant; None where it gives nothing."""
+
+    params: int | None = None
+    macs_m: float | None = None  # millions of multiply-adds at ``resolution``
+    top1: float | None = None  # ImageNet-1k top-1, percent
+    resolution: int = 224
+    source: str = ""
+
+    def to_dict(self) -> dict:
+        return {"params": self.params, "macs": None if self.macs_m is None else round(self.macs_m * 1e6),
+                "top1": self.top1, "resolution": self.resolution, "source": self.source}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A registered variant: how to build it and what it promises."""
+
+    name: str
+    family: str
+    builder: Callable[..., ImageClassifier]
+    default_resolution: int
+    min_resolution: int = 96
+    max_resolution: int = 512
+    resolution_step: int = 32
+    paper: PaperNumbers | None = None
+    tiny: bool = False  # reduced configs for fast tests; hidden from list_models() by default
+
+    def valid_resolutions(self) -> list[int]:
+        return list(range(self.min_resolution, self.max_resolution + 1, self.resolution_step))
+
+    def check_resolution(self, resolution: int) -> None:
+        if resolution not in self.valid_resolutions():
+            raise ValueError(
+                f"{self.name} does not take resolution {resolution!r}: use a multiple of "
+                f"{self.resolution_step} from {self.min_resolution} to {self.max_resolution} "
+                f"(default {self.default_resolution})"
+            )
+
+
+_REGISTRY: dict[str, ModelInfo] = {}
+
+
+def register_model(info: ModelInfo) -> ModelInfo:
+    """Add a variant; registering the same name twice is an error."""
+    if info.name in _REGISTRY:
+        raise ValueError(f"model {info.name!r} is already registered (by the {_REGISTRY[info.name].family} family)")
+    _REGISTRY[info.name] = info
+    return info
+
+
+def _ensure_loaded() -> None:
+    # Importing the family modules runs their register_model calls.
+    from . import models  # noqa: F401
+
+
+def list_models(pattern: str | None = None, include_tiny: bool = False) -> list[str]:
+    """Registered model names, sorted, optionally filtered by an fnmatch pattern (``'levit*'``)."""
+    _ensure_loaded()
+    names = [n for n, i in _REGISTRY.items() if include_tiny or not i.tiny]
+    if pattern:
+        names = [n for n in names if fnmatch.fnmatch(n, pattern)]
+    return sorted(names)
+
+
+def get_model_info(name: str) -> ModelInfo:
+    """The registry entry for ``name``; an unknown name raises ValueError with suggestions."""
+    _ensure_loaded()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        valid = list_models()
+        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown model {name!r}.{hint} Valid models: {', '.join(valid)}") from None
+
+
+def create_model(
+    name: str,
+    num_classes: int = 1000,
+    resolution: int | None = None,
+    weights: str | Path | None = None,
+    **overrides,
+) -> ImageClassifier:
+    """Build a registered model.
+
+    Args:
+        name: a name from :func:`list_models` (e.g. ``"mobilevit_xs"``).
+        num_classes: size of the classifier.
+        resolution: input side in pixels; defaults to the paper's. Checked against the family's range.
+        weights: path to a ``.pt``/``.pth``/``.safetensors`` state dict (ours or timm's key names).
+        **overrides: fields of the family's config dataclass to replace (e.g. ``drop_path_rate=0.1``).
+
+    Returns:
+        The model, in training mode like any fresh ``nn.Module``; call ``.eval()`` for inference.
+    """
+    info = get_model_info(name)
+    resolution = info.default_resolution if resolution is None else resolution
+    if not isinstance(resolution, int) or isinstance(resolution, bool):
+        raise ValueError(f"resolution must be an int, got {resolution!r}")
+    info.check_resolution(resolution)
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    model = info.builder(num_classes=num_classes, resolution=resolution, **overrides)
+    model.name = name
+    model.resolution = resolution
+    model.num_classes = num_classes
+    if weights is not None:
+        from .weights import load_weights
+
+        load_weights(model, weights)
+    return model
+
+
+def model_preprocess(name: str, resolution: int | None = None) -> Preprocess:
+    """The preprocessing a model declares, without building it."""
+    model = create_model(name, resolution=resolution)
+    assert model.preprocess is not None
+    return model.preprocess
+
+
+def num_params(model: nn.Module) -> int:
+    """Number of parameters (buffers excluded)."""
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,362 @@
+"""Shared building blocks used by two or more model families.
+
+Everything here is written for deployment as much as for training:
+
+* every Conv/Linear followed by BatchNorm implements ``fuse()`` so
+  :func:`mobilevits.reparameterize_model` can fold the norm away;
+* attention is spelled out as ``q @ k^T -> softmax -> @ v`` instead of
+  ``F.scaled_dot_product_attention`` (whose safe-softmax mask ops fall out of
+  the XNNPACK delegate), and no intermediate tensor exceeds rank 5 (Core ML's
+  limit);
+* LayerNorm can switch to a mean/rsqrt formulation that XNNPACK and every
+  converter lower natively (see :class:`LayerNorm`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "make_divisible",
+    "get_act",
+    "ConvNormAct",
+    "LinearNorm",
+    "SqueezeExcite",
+    "InvertedResidual",
+    "DropPath",
+    "LayerNorm",
+    "Mlp",
+    "Attention",
+    "fuse_conv_bn",
+    "fuse_linear_bn",
+    "split_qkv",
+]
+
+
+def make_divisible(v: float, divisor: int = 8, min_value: int | None = None, round_limit: float = 0.9) -> int:
+    """Round a channel count to a multiple of ``divisor`` (never dropping more than 10%)."""
+    min_value = min_value or divisor
+    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
+    if new_v < round_limit * v:
+        new_v += divisor
+    return new_v
+
+
+class HardSigmoid(nn.Module):
+    """relu6(x + 3) / 6, written with ops every backend lowers (no aten.hardsigmoid decomposition)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu6(x + 3.0) / 6.0
+
+
+_ACTS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    "relu6": nn.ReLU6,
+    "hswish": nn.Hardswish,
+    "hsigmoid": nn.Hardsigmoid,
+    "silu": nn.SiLU,
+    "gelu": nn.GELU,
+    "sigmoid": nn.Sigmoid,
+    "identity": nn.Identity,
+}
+
+
+def get_act(name: str | None) -> nn.Module:
+    """Build an activation module from its short name (``relu``, ``hswish``, ``silu``...)."""
+    if name is None:
+        return nn.Identity()
+    try:
+        return _ACTS[name]()
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}; valid: {sorted(_ACTS)}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# BatchNorm folding
+# --------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def _bn_scale_shift(bn: nn.BatchNorm1d | nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (scale, shift) that an eval-mode BatchNorm applies."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    shift = bn.bias - bn.running_mean * scale
+    return scale, shift
+
+
+@torch.no_grad()
+def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """Return a new conv computing ``bn(conv(x))`` in eval mode."""
+    scale, shift = _bn_scale_shift(bn)
+    fused = nn.Conv2d(
+        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+        conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode,
+    )
+    fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(shift)
+    fused.bias.copy_(bias * scale + shift)
+    return fused
+
+
+@torch.no_grad()
+def fuse_linear_bn(linear: nn.Linear, bn: nn.BatchNorm1d) -> nn.Linear:
+    """Return a new linear computing ``bn(linear(x))`` (BN over the output features) in eval mode."""
+    scale, shift = _bn_scale_shift(bn)
+    fused = nn.Linear(linear.in_features, linear.out_features, bias=True)
+    fused.weight.copy_(linear.weight * scale[:, None])
+    bias = linear.bias if linear.bias is not None else torch.zeros_like(shift)
+    fused.bias.copy_(bias * scale + shift)
+    return fused
+
+
+@torch.no_grad()
+def fuse_bn_linear(bn: nn.BatchNorm1d, linear: nn.Linear) -> nn.Linear:
+    """Return a new linear computing ``linear(bn(x))`` (BN over the input features) in eval mode."""
+    scale, shift = _bn_scale_shift(bn)
+    fused = nn.Linear(linear.in_features, linear.out_features, bias=True)
+    fused.weight.copy_(linear.weight * scale[None, :])
+    bias = linear.bias if linear.bias is not None else torch.zeros(linear.out_features)
+    fused.bias.copy_(bias + linear.weight @ shift)
+    return fused
+
+
+# --------------------------------------------------------------------------------------------
+# Convolution blocks
+# --------------------------------------------------------------------------------------------
+
+
+class ConvNormAct(nn.Module):
+    """Conv2d -> BatchNorm2d -> activation (``conv``, ``bn``, ``act``); ``fuse()`` folds the BN."""
+
+    def __init__(
+        self,
+        in_chs: int,
+        out_chs: int,
+        kernel_size: int = 1,
+        stride: int = 1,
+        groups: int = 1,
+        act: str | None = "relu",
+        norm: bool = True,
+        bias: bool | None = None,
+        bn_eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        bias = (not norm) if bias is None else bias
+        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, kernel_size // 2, groups=groups, bias=bias)
+        self.bn = nn.BatchNorm2d(out_chs, eps=bn_eps) if norm else nn.Identity()
+        self.act = get_act(act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+    def fuse(self) -> None:
+        if isinstance(self.bn, nn.BatchNorm2d):
+            self.conv = fuse_conv_bn(self.conv, self.bn)
+            self.bn = nn.Identity()
+
+
+class LinearNorm(nn.Module):
+    """Linear (no bias) -> BatchNorm1d over features, for token tensors (B, N, C)."""
+
+    def __init__(self, in_features: int, out_features: int, bn_weight_init: float = 1.0) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_features, out_features, bias=False)
+        self.bn: nn.Module = nn.BatchNorm1d(out_features)
+        nn.init.constant_(self.bn.weight, bn_weight_init)
+        nn.init.zeros_(self.bn.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.linear(x)
+        if isinstance(self.bn, nn.Identity):
+            return x
+        # BatchNorm1d wants (B*N, C); flatten keeps the op rank-2 for every backend.
+        return self.bn(x.flatten(0, -2)).reshape(x.shape)
+
+    def fuse(self) -> None:
+        if isinstance(self.bn, nn.BatchNorm1d):
+            self.linear = fuse_linear_bn(self.linear, self.bn)
+            self.bn = nn.Identity()
+
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation: global pool -> 1x1 reduce -> act -> 1x1 expand -> gate -> scale."""
+
+    def __init__(self, chs: int, rd_chs: int, act: str = "relu", gate: str = "hsigmoid") -> None:
+        super().__init__()
+        self.conv_reduce = nn.Conv2d(chs, rd_chs, 1, bias=True)
+        self.act = get_act(act)
+        self.conv_expand = nn.Conv2d(rd_chs, chs, 1, bias=True)
+        self.gate = get_act(gate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.mean((2, 3), keepdim=True)  # (B, C, 1, 1)
+        s = self.conv_expand(self.act(self.conv_reduce(s)))
+        return x * self.gate(s)
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2/V3 inverted residual: [1x1 expand] -> kxk depthwise -> [SE] -> 1x1 linear project.
+
+    The expand conv is skipped when ``mid_chs == in_chs`` and ``expand`` is False (MobileNetV3's
+    first block). A residual is added iff stride is 1 and channels are unchanged.
+    """
+
+    def __init__(
+        self,
+        in_chs: int,
+        out_chs: int,
+        mid_chs: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        act: str = "relu",
+        se_chs: int = 0,
+        se_gate: str = "hsigmoid",
+        expand: bool = True,
+        bn_eps: float = 1e-5,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.conv_pw = ConvNormAct(in_chs, mid_chs, 1, act=act, bn_eps=bn_eps) if expand else nn.Identity()
+        self.conv_dw = ConvNormAct(mid_chs, mid_chs, kernel_size, stride, groups=mid_chs, act=act, bn_eps=bn_eps)
+        self.se = SqueezeExcite(mid_chs, se_chs, gate=se_gate) if se_chs else nn.Identity()
+        self.conv_pwl = ConvNormAct(mid_chs, out_chs, 1, act=None, bn_eps=bn_eps)
+        self.has_residual = stride == 1 and in_chs == out_chs
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv_pwl(self.se(self.conv_dw(self.conv_pw(x))))
+        return x + self.drop_path(y) if self.has_residual else y
+
+
+class DropPath(nn.Module):
+    """Per-sample stochastic depth; the identity in eval mode (so it never reaches an export)."""
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+# --------------------------------------------------------------------------------------------
+# Transformer pieces
+# --------------------------------------------------------------------------------------------
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm over the last dim, with the same parameters and state-dict keys as ``nn.LayerNorm``.
+
+    In eval mode it is written as ``mean``/``rsqrt`` arithmetic rather than ``aten.layer_norm``:
+    ExecuTorch 1.5's XNNPACK partitioner rejects ``native_layer_norm`` (it would run on slow
+    portable kernels), while mean, sub, mul, rsqrt and add are all delegated. The math is identical
+    (biased variance, eps inside the root); ``tests/test_layers.py`` checks it against
+    ``F.layer_norm``. Training keeps the fused kernel for speed.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        mu = x.mean(-1, keepdim=True)
+        xc = x - mu
+        var = (xc * xc).mean(-1, keepdim=True)
+        y = xc * torch.rsqrt(var + self.eps)
+        if self.weight is not None:
+            y = y * self.weight + self.bias
+        return y
+
+
+class Mlp(nn.Module):
+    """Linear -> act -> Linear (``fc1``, ``fc2``), the transformer feed-forward block."""
+
+    def __init__(self, dim: int, hidden: int, act: str = "gelu", drop: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = get_act(act)
+        self.drop1 = nn.Dropout(drop)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop2 = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over tokens (B, N, C) with separate ``q``, ``k``, ``v`` projections.
+
+    Written explicitly (matmul, softmax, matmul) for export, with three projections instead of a
+    fused ``qkv`` so neither training, QAT nor the exported graph needs a split/unbind (which
+    XNNPACK does not take) or a rank-5 tensor. Checkpoints with a fused ``qkv`` (timm) are split
+    on load by the families' checkpoint filters.
+    """
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
+                 proj_drop: float = 0.0) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.k = nn.Linear(dim, dim, bias=qkv_bias)
+        self.v = nn.Linear(dim, dim, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        B, N, _ = t.shape
+        return t.reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # (B, h, N, hd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        q = self._heads(self.q(x) * self.scale)
+        k = self._heads(self.k(x))
+        v = self._heads(self.v(x))
+        attn = (q @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, h, N, N)
+        attn = self.attn_drop(attn)
+        x = (attn @ v).transpose(1, 2).reshape(B, N, C)  # (B, N, C)
+        return self.proj_drop(self.proj(x))
+
+
+def split_qkv(state_dict: dict[str, torch.Tensor], prefix: str) -> None:
+    """In place: replace ``{prefix}qkv.{weight,bias}`` (q, k, v stacked on dim 0) by ``q``/``k``/``v``."""
+    for kind in ("weight", "bias"):
+        key = f"{prefix}qkv.{kind}"
+        if key in state_dict:
+            for name, part in zip("qkv", state_dict.pop(key).chunk(3, 0)):
+                state_dict[f"{prefix}{name}.{kind}"] = part.contiguous()
+
+
+def init_weights_trunc_normal(module: nn.Module, std: float = 0.02) -> None:
+    """ViT-style init: trunc-normal linears, kaiming convs, unit norms."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d | nn.LayerNorm) and m.weight is not None:
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def conv_out(size: int, stride: int) -> int:
+    """Output side of a 'same'-padded conv with odd kernel and the given stride."""
+    return math.ceil(size / stride)

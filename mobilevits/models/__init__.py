@@ -1,0 +1,1 @@
+from . import mobilenetv3, mobilevit  # noqa: F401

@@ -1,0 +1,115 @@
+"""Loading checkpoints safely: state dicts only, never arbitrary pickled objects."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+SUFFIXES = (".pt", ".pth", ".safetensors")
+
+# Each family may register a function that rewrites foreign key names (timm's) into ours.
+CheckpointFilter = Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]]
+_FILTERS: dict[str, CheckpointFilter] = {}
+
+
+class WeightsError(ValueError):
+    """A checkpoint that cannot be read, or that does not fit the model."""
+
+
+def register_checkpoint_filter(family: str, fn: CheckpointFilter) -> None:
+    _FILTERS[family] = fn
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state dict from ``.pt``/``.pth`` (``weights_only=True``) or ``.safetensors``.
+
+    Accepts a bare state dict or one nested under ``state_dict``/``model``/``model_state``
+    (training checkpoints), and strips a DistributedDataParallel ``module.`` prefix.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    if path.suffix not in SUFFIXES:
+        raise WeightsError(f"weights file {path} has suffix {path.suffix!r}; expected one of {', '.join(SUFFIXES)}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj = load_file(str(path), device="cpu")
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise WeightsError(
+            f"{path} holds pickled objects other than tensors, which are not loaded for safety "
+            f"(weights_only=True). Re-save it as a plain state dict: torch.save(model.state_dict(), ...). "
+            f"Detail: {str(e).splitlines()[0]}"
+        ) from None
+    except Exception as e:  # zip/safetensors header errors: the file is damaged or not a checkpoint
+        raise WeightsError(f"{path} is not a readable checkpoint (corrupt or truncated?): "
+                           f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    for key in ("state_dict", "model", "model_state", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"{path} does not contain a state dict (a mapping of names to tensors)")
+    if obj and all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+def load_weights(model: nn.Module, path: str | Path) -> dict[str, str]:
+    """Load ``path`` into ``model`` strictly; returns ``{"sha256": ..., "path": ...}``.
+
+    Foreign key layouts (timm's) are translated by the model family's checkpoint filter.
+    Missing keys, unexpected keys and shape mismatches are reported together in one WeightsError.
+    """
+    state = read_state_dict(path)
+    family = getattr(model, "family", "")
+    if family in _FILTERS:
+        state = _FILTERS[family](dict(state), model)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own if k in state and state[k].shape != own[k].shape
+    ]
+    if missing or unexpected or mismatched:
+        lines = [f"weights {path} do not fit {getattr(model, 'name', type(model).__name__)} "
+                 f"(resolution {getattr(model, 'resolution', '?')}, {getattr(model, 'num_classes', '?')} classes):"]
+        for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                             ("shape mismatches", mismatched)):
+            if items:
+                shown = ", ".join(items[:12]) + (f", ... ({len(items) - 12} more)" if len(items) > 12 else "")
+                lines.append(f"  {len(items)} {title}: {shown}")
+        lines.append("  Check the model name, --num-classes and --resolution the weights were made with.")
+        raise WeightsError("\n".join(lines))
+    model.load_state_dict(state, strict=True)
+    return {"path": str(path), "sha256": file_sha256(path)}
+
+
+def rename_prefixes(state: dict[str, torch.Tensor], mapping: dict[str, str]) -> dict[str, torch.Tensor]:
+    """Rename keys whose prefix is in ``mapping`` (longest prefix wins); other keys are kept."""
+    prefixes = sorted(mapping, key=len, reverse=True)
+    out = {}
+    for key, value in state.items():
+        for p in prefixes:
+            if key.startswith(p):
+                key = mapping[p] + key[len(p):]
+                break
+        out[key] = value
+    return out
