@@ -9,7 +9,7 @@ Public API::
 """
 
 from ._registry import ModelInfo, PaperNumbers, create_model, get_model_info, list_models, num_params
-from .base import ImageClassifier, Normalize, Preprocess, reparameterize_model
+from .base import ImageClassifier, Normalize, Preprocess, reparameterize_model, rerandomize_
 from .macs import count_macs
 from .weights import WeightsError, load_weights, read_state_dict
 
@@ -30,4 +30,5 @@ __all__ = [
     "num_params",
     "read_state_dict",
     "reparameterize_model",
+    "rerandomize_",
 ]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 from pathlib import Path
 
 from torch import nn
@@ -22,6 +24,7 @@ class PaperNumbers:
     top1: float | None = None  # ImageNet-1k top-1, percent
     resolution: int = 224
     source: str = ""
+    macs_tolerance: float = 0.02  # how close our counted MACs must be (relative)
 
     def to_dict(self) -> dict:
         return {"params": self.params, "macs": None if self.macs_m is None else round(self.macs_m * 1e6),
@@ -55,6 +58,17 @@ class ModelInfo:
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
+CfgT = TypeVar("CfgT")
+
+
+def apply_overrides(cfg: CfgT, overrides: dict) -> CfgT:
+    """``dataclasses.replace`` with a readable error for fields the config does not have."""
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"{type(cfg).__name__} has no field(s) {', '.join(unknown)}; "
+                         f"overridable fields: {', '.join(sorted(fields))}")
+    return dataclasses.replace(cfg, **overrides)
 
 
 def register_model(info: ModelInfo) -> ModelInfo:

@@ -87,3 +87,39 @@ class Normalize(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x * self.scale + self.shift)
+
+
+@torch.no_grad()
+def rerandomize_(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every norm and bias random, non-degenerate values, in place; returns ``model``.
+
+    Fresh models zero-initialise some norms (LeViT's residual BNs, attention-bias tables), so
+    whole branches compute zero: converters fold them away and timing or quantising such a model
+    measures a different network. Use trained weights, or call this first: BatchNorm weights
+    ~1 +- 0.2, biases and running means ~N(0, 0.1), running variances in [0.5, 1.5], and any
+    other 1-D or bias-table parameter ~N(0, 0.2). Conv and linear weights are left as initialised.
+    """
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(t: torch.Tensor, scale: float, offset: float = 0.0) -> torch.Tensor:
+        return (torch.randn(t.shape, generator=g) * scale + offset).to(t.dtype)
+
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm | nn.LayerNorm | nn.GroupNorm):
+            if getattr(module, "weight", None) is not None:
+                module.weight.copy_(rand(module.weight, 0.2, 1.0))
+                module.bias.copy_(rand(module.bias, 0.1))
+            if getattr(module, "running_mean", None) is not None:
+                module.running_mean.copy_(rand(module.running_mean, 0.1))
+                module.running_var.copy_(torch.rand(module.running_var.shape, generator=g) + 0.5)
+    for name, p in model.named_parameters():
+        if name.endswith("bias") and not _is_norm_param(model, name):
+            p.copy_(rand(p, 0.1))
+        elif p.ndim != 0 and p.abs().sum() == 0:  # zero-initialised tables (attention biases, tokens)
+            p.copy_(rand(p, 0.2))
+    return model
+
+
+def _is_norm_param(model: nn.Module, name: str) -> bool:
+    owner = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+    return isinstance(owner, nn.modules.batchnorm._BatchNorm | nn.LayerNorm | nn.GroupNorm)

@@ -29,6 +29,7 @@ __all__ = [
     "SqueezeExcite",
     "InvertedResidual",
     "DropPath",
+    "Dropout",
     "LayerNorm",
     "Mlp",
     "Attention",
@@ -233,6 +234,13 @@ class InvertedResidual(nn.Module):
         return x + self.drop_path(y) if self.has_residual else y
 
 
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` that is skipped entirely in eval mode, so no dropout op reaches an export."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) if self.training and self.p > 0 else x
+
+
 class DropPath(nn.Module):
     """Per-sample stochastic depth; the identity in eval mode (so it never reaches an export)."""
 
@@ -285,9 +293,9 @@ class Mlp(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.act = get_act(act)
-        self.drop1 = nn.Dropout(drop)
+        self.drop1 = Dropout(drop)
         self.fc2 = nn.Linear(hidden, dim)
-        self.drop2 = nn.Dropout(drop)
+        self.drop2 = Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
@@ -313,9 +321,9 @@ class Attention(nn.Module):
         self.q = nn.Linear(dim, dim, bias=qkv_bias)
         self.k = nn.Linear(dim, dim, bias=qkv_bias)
         self.v = nn.Linear(dim, dim, bias=qkv_bias)
-        self.attn_drop = nn.Dropout(attn_drop)
+        self.attn_drop = Dropout(attn_drop)
         self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
+        self.proj_drop = Dropout(proj_drop)
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
         B, N, _ = t.shape

@@ -8,14 +8,14 @@ load: expansion widths are ``make_divisible(in_chs * ratio)``, squeeze-excite wi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .._registry import ModelInfo, PaperNumbers, register_model
+from .._registry import ModelInfo, PaperNumbers, apply_overrides, register_model
 from ..base import ImageClassifier, Preprocess
-from ..layers import ConvNormAct, InvertedResidual, make_divisible
+from ..layers import ConvNormAct, Dropout, InvertedResidual, make_divisible
 from ..weights import register_checkpoint_filter, rename_prefixes
 
 FAMILY = "mobilenetv3"
@@ -43,6 +43,7 @@ class MobileNetV3Cfg:
     stem: int = 16
     first_block_expands: bool = False  # the first block is depthwise-separable (no 1x1 expand)
     drop_rate: float = 0.2
+    drop_path_rate: float = 0.0  # stochastic depth on residual blocks, linear in depth
     bn_eps: float = 1e-5
 
 
@@ -93,6 +94,8 @@ class MobileNetV3(ImageClassifier):
         self.stem = ConvNormAct(3, stem, 3, 2, act="hswish", bn_eps=cfg.bn_eps)
         in_chs = stem
         stages = []
+        n_blocks = sum(row.repeats for rows in cfg.stages for row in rows)
+        block_idx = 0
         for si, rows in enumerate(cfg.stages):
             blocks = []
             for row in rows:
@@ -103,16 +106,17 @@ class MobileNetV3(ImageClassifier):
                     blocks.append(InvertedResidual(
                         in_chs, out, mid, row.kernel, row.stride if r == 0 else 1, act=row.act,
                         se_chs=make_divisible(mid * 0.25) if row.se else 0, expand=not first,
-                        bn_eps=cfg.bn_eps,
+                        bn_eps=cfg.bn_eps, drop_path=cfg.drop_path_rate * block_idx / n_blocks,
                     ))
                     in_chs = out
+                    block_idx += 1
             stages.append(nn.Sequential(*blocks))
         self.blocks = nn.Sequential(*stages)
         self.final_conv = ConvNormAct(in_chs, make_divisible(cfg.last_conv * w), 1, act="hswish", bn_eps=cfg.bn_eps)
         self.num_features = cfg.head
         self.conv_head = nn.Conv2d(self.final_conv.conv.out_channels, cfg.head, 1, bias=True)
         self.head_act = nn.Hardswish()
-        self.drop = nn.Dropout(cfg.drop_rate)
+        self.drop = Dropout(cfg.drop_rate)
         self.classifier = nn.Linear(cfg.head, num_classes)
         self._init_weights()
 
@@ -162,7 +166,7 @@ register_checkpoint_filter(FAMILY, _timm_filter)
 
 def _builder(cfg_name: str):
     def build(num_classes: int = 1000, resolution: int = 224, **overrides) -> MobileNetV3:
-        return MobileNetV3(replace(CFGS[cfg_name], **overrides), num_classes, resolution)
+        return MobileNetV3(apply_overrides(CFGS[cfg_name], overrides), num_classes, resolution)
 
     return build
 

@@ -10,18 +10,19 @@ Input: RGB in [0, 1] with no mean/std normalisation, as the official models were
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._registry import ModelInfo, PaperNumbers, register_model
+from .._registry import ModelInfo, PaperNumbers, apply_overrides, register_model
 from ..base import ImageClassifier, Preprocess
 from ..layers import (
     Attention,
     ConvNormAct,
     DropPath,
+    Dropout,
     InvertedResidual,
     LayerNorm,
     Mlp,
@@ -155,7 +156,7 @@ class MobileViT(ImageClassifier):
         self.stages = nn.Sequential(*stages)
         self.final_conv = ConvNormAct(c[4], cfg.num_features, 1, act="silu")
         self.num_features = cfg.num_features
-        self.drop = nn.Dropout(cfg.drop_rate)
+        self.drop = Dropout(cfg.drop_rate)
         self.head = nn.Linear(cfg.num_features, num_classes)
         init_weights_trunc_normal(self)
 
@@ -187,7 +188,7 @@ register_checkpoint_filter(FAMILY, _timm_filter)
 
 def _builder(cfg_name: str):
     def build(num_classes: int = 1000, resolution: int = 256, **overrides) -> MobileViT:
-        return MobileViT(replace(CFGS[cfg_name], **overrides), num_classes, resolution)
+        return MobileViT(apply_overrides(CFGS[cfg_name], overrides), num_classes, resolution)
 
     return build
 
