@@ -7,8 +7,8 @@ import difflib
 import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
 from pathlib import Path
+from typing import TypeVar
 
 from torch import nn
 

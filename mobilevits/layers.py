@@ -272,15 +272,20 @@ class LayerNorm(nn.LayerNorm):
     portable kernels), while mean, sub, mul, rsqrt and add are all delegated. The math is identical
     (biased variance, eps inside the root); ``tests/test_layers.py`` checks it against
     ``F.layer_norm``. Training keeps the fused kernel for speed.
+
+    Only normalisation over the last dimension is supported (``normalized_shape`` of length 1).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-        mu = x.mean(-1, keepdim=True)
-        xc = x - mu
-        var = (xc * xc).mean(-1, keepdim=True)
-        y = xc * torch.rsqrt(var + self.eps)
+        shape = x.shape
+        # (..., C) -> (M, 1, C, 1): XNNPACK's mean only reduces dims (2, 3) of a 4-D tensor.
+        x4 = x.reshape(-1, 1, shape[-1], 1)
+        mu = x4.mean((2, 3), keepdim=True)
+        xc = x4 - mu
+        var = (xc * xc).mean((2, 3), keepdim=True)
+        y = (xc * torch.rsqrt(var + self.eps)).reshape(shape)
         if self.weight is not None:
             y = y * self.weight + self.bias
         return y
@@ -327,16 +332,19 @@ class Attention(nn.Module):
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
         B, N, _ = t.shape
-        return t.reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # (B, h, N, hd)
+        # (B, N, C) -> (B, h, N, hd) -> (B*h, N, hd): 3-D operands make matmul a plain bmm, where a
+        # 4-D matmul decomposes into expand + bmm and the expand falls out of XNNPACK.
+        return t.reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2).reshape(B * self.num_heads, N, -1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
         q = self._heads(self.q(x) * self.scale)
         k = self._heads(self.k(x))
         v = self._heads(self.v(x))
-        attn = (q @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, h, N, N)
+        attn = torch.bmm(q, k.transpose(1, 2)).softmax(dim=-1)  # (B*h, N, N)
         attn = self.attn_drop(attn)
-        x = (attn @ v).transpose(1, 2).reshape(B, N, C)  # (B, N, C)
+        x = torch.bmm(attn, v).reshape(B, self.num_heads, N, self.head_dim)  # (B, h, N, hd)
+        x = x.transpose(1, 2).reshape(B, N, C)
         return self.proj_drop(self.proj(x))
 
 

@@ -21,8 +21,8 @@ from ..base import ImageClassifier, Preprocess
 from ..layers import (
     Attention,
     ConvNormAct,
-    DropPath,
     Dropout,
+    DropPath,
     InvertedResidual,
     LayerNorm,
     Mlp,
@@ -164,7 +164,7 @@ class MobileViT(ImageClassifier):
         return self.final_conv(self.stages(self.stem(x)))  # (B, num_features, R/32, R/32)
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.drop(x.mean((2, 3))))
+        return self.head(self.drop(x.mean((2, 3), keepdim=True).flatten(1)))
 
 
 def _timm_filter(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
