@@ -204,7 +204,9 @@ class InvertedResidual(nn.Module):
     """MobileNetV2/V3 inverted residual: [1x1 expand] -> kxk depthwise -> [SE] -> 1x1 linear project.
 
     The expand conv is skipped when ``mid_chs == in_chs`` and ``expand`` is False (MobileNetV3's
-    first block). A residual is added iff stride is 1 and channels are unchanged.
+    first block). A residual is added iff stride is 1 and channels are unchanged. The caller picks the
+    squeeze-excite width ``se_chs`` (MobileNetV3 reduces from ``mid_chs``, EfficientNet from ``in_chs``)
+    and its activation/gate (``relu``/``hsigmoid`` for MobileNetV3, ``silu``/``sigmoid`` for EfficientNet).
     """
 
     def __init__(
@@ -220,11 +222,12 @@ class InvertedResidual(nn.Module):
         expand: bool = True,
         bn_eps: float = 1e-5,
         drop_path: float = 0.0,
+        se_act: str = "relu",
     ) -> None:
         super().__init__()
         self.conv_pw = ConvNormAct(in_chs, mid_chs, 1, act=act, bn_eps=bn_eps) if expand else nn.Identity()
         self.conv_dw = ConvNormAct(mid_chs, mid_chs, kernel_size, stride, groups=mid_chs, act=act, bn_eps=bn_eps)
-        self.se = SqueezeExcite(mid_chs, se_chs, gate=se_gate) if se_chs else nn.Identity()
+        self.se = SqueezeExcite(mid_chs, se_chs, act=se_act, gate=se_gate) if se_chs else nn.Identity()
         self.conv_pwl = ConvNormAct(mid_chs, out_chs, 1, act=None, bn_eps=bn_eps)
         self.has_residual = stride == 1 and in_chs == out_chs
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()

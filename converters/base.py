@@ -1,0 +1,209 @@
+"""The one interface every conversion path implements, and what they share."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.metadata
+import io
+import logging
+import os
+import platform
+import shutil
+import sys
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+
+class ConversionError(RuntimeError):
+    """A conversion failed; the message says at which stage and what to try."""
+
+
+class UnsupportedError(ValueError):
+    """The request cannot work: unknown backend or precision, or an op the backend cannot take."""
+
+
+class RuntimeUnavailableError(RuntimeError):
+    """The host runtime or converter package this step needs is missing or cannot run here."""
+
+
+@dataclass
+class Delegation:
+    """Which operators run inside the accelerated delegate, and which fall back."""
+
+    delegated: int = 0
+    not_delegated: int = 0
+    not_delegated_ops: dict[str, int] = field(default_factory=dict)
+    delegated_ops: dict[str, int] = field(default_factory=dict)
+    partitions: int = 0
+    note: str = ""
+
+    @property
+    def fraction(self) -> float:
+        total = self.delegated + self.not_delegated
+        return self.delegated / total if total else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"delegated": self.delegated, "not_delegated": self.not_delegated,
+                "not_delegated_ops": dict(sorted(self.not_delegated_ops.items())),
+                "delegated_ops": dict(sorted(self.delegated_ops.items())), "partitions": self.partitions,
+                "fraction": round(self.fraction, 4), "note": self.note}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Delegation:
+        return cls(d.get("delegated", 0), d.get("not_delegated", 0), dict(d.get("not_delegated_ops", {})),
+                   dict(d.get("delegated_ops", {})), d.get("partitions", 0), d.get("note", ""))
+
+    def summary(self) -> str:
+        if not self.delegated and not self.not_delegated:
+            return self.note or "n/a"
+        left = ", ".join(f"{k} x{v}" for k, v in sorted(self.not_delegated_ops.items())) or "none"
+        return (f"{self.delegated}/{self.delegated + self.not_delegated} ops delegated "
+                f"({100 * self.fraction:.1f}%, {self.partitions} partition(s)); outside: {left}")
+
+
+class Converter(ABC):
+    """A conversion path: PyTorch program -> deployable artifact, plus the host runtime that runs it.
+
+    Subclasses implement ``lower`` (write the artifact), ``run`` (execute it on this host) and
+    ``delegation`` (what the accelerator takes). The shared pipeline in ``converters.pipeline``
+    does everything else (model building, BN folding, normalisation, quantisation, atomic writes,
+    sidecars, checks), so every model works through every path without per-model code.
+    """
+
+    name: ClassVar[str]
+    suffix: ClassVar[str]
+    precisions: ClassVar[tuple[str, ...]]
+    packages: ClassVar[tuple[str, ...]]  # importable modules the converter needs
+    runtime_packages: ClassVar[tuple[str, ...]] = ()
+    # convert_pt2e(fold_quantize=...): whether quantised weights become int8 constants (ExecuTorch,
+    # Core ML) or stay float behind quantize/dequantize pairs (litert-torch pattern-matches those).
+    fold_quantize: ClassVar[bool] = True
+
+    def availability(self) -> tuple[bool, str]:
+        """Can this host convert? ``(True, "")`` or ``(False, reason and fix)``."""
+        return _importable(self.packages)
+
+    def runtime_availability(self) -> tuple[bool, str]:
+        """Can this host execute the artifacts? ``(True, "")`` or ``(False, reason)``."""
+        return _importable(self.runtime_packages or self.packages)
+
+    def preflight(self, program: torch.export.ExportedProgram, precision: str) -> list[str]:
+        """Readable reasons this program cannot be converted at ``precision`` (empty: go ahead)."""
+        reasons = []
+        if precision not in self.precisions:
+            reasons.append(f"{self.name} does not support precision {precision!r}; "
+                           f"choose one of {', '.join(self.precisions)}")
+        ok, why = self.availability()
+        if not ok:
+            reasons.append(why)
+        for node in program.graph.nodes:
+            val = node.meta.get("val")
+            if isinstance(val, torch.Tensor) and val.dim() > 5:
+                reasons.append(f"tensor of rank {val.dim()} at node {node.name}: mobile runtimes take rank <= 5")
+                break
+        return reasons
+
+    def quantizer(self, precision: str, qat: bool = False):
+        """The PT2E quantizer this backend wants for ``precision`` (None when no activation quantisation)."""
+        return None
+
+    def weight_quantization(self, precision: str) -> bool:
+        """True when ``precision`` quantises weights after conversion only (Core ML ``w8``)."""
+        return False
+
+    @abstractmethod
+    def lower(self, program: torch.export.ExportedProgram, precision: str, path: Path,
+              quantized: bool, **options: Any) -> Delegation:
+        """Convert ``program`` (float, or holding quantize/dequantize ops) and write ``path``."""
+
+    @abstractmethod
+    def run(self, path: Path, x: np.ndarray, threads: int = 1) -> np.ndarray:
+        """Execute the artifact on one input batch (N, 3, R, R) float32 and return (N, classes)."""
+
+    def delegation(self, path: Path) -> Delegation:
+        """Re-derive the delegation report from an artifact (the sidecar already stores it)."""
+        return Delegation(note="not available for this backend")
+
+    def io_names(self) -> tuple[str, str]:
+        return "image", "logits"
+
+
+def _importable(modules: tuple[str, ...]) -> tuple[bool, str]:
+    for mod in modules:
+        try:
+            with quiet():
+                importlib.import_module(mod)
+        except Exception as e:  # ImportError, or a broken native library
+            return False, (f"python module {mod!r} cannot be imported ({type(e).__name__}: {e}); "
+                           f"install the pinned toolchain with `make install`")
+    return True, ""
+
+
+_NOISY_LOGGERS = ("absl", "executorch", "coremltools", "litert_torch", "torch._export", "torchao",
+                  "torch.export", "tensorflow", "jax")
+
+
+@contextlib.contextmanager
+def quiet(enabled: bool = True) -> Iterator[None]:
+    """Silence converter chatter (warnings, INFO logs, progress bars on stdout/stderr) for a block.
+
+    Output written by native code straight to the file descriptors is not captured; errors still
+    propagate as exceptions.
+    """
+    if not enabled:
+        yield
+        return
+    names = ("", *_NOISY_LOGGERS)  # "" is the root logger, which litert-torch warns through
+    saved = {name: logging.getLogger(name).level for name in names}
+    for name in names:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    sink = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def tool_versions() -> dict[str, str]:
+    """Versions of everything that shapes an artifact, recorded in every sidecar."""
+    out = {"python": platform.python_version(), "platform": f"{sys.platform}-{platform.machine()}"}
+    for dist in ("mobilevits", "torch", "executorch", "torchao", "coremltools", "litert-torch", "ai-edge-litert",
+                 "numpy"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def atomic_replace(tmp: Path, final: Path) -> None:
+    """Move a finished file or directory into place; a good old artifact is replaced only now."""
+    if tmp.is_dir():
+        backup = final.with_name(final.name + ".old")
+        if final.exists():
+            if backup.exists():
+                shutil.rmtree(backup)
+            os.replace(final, backup)
+        os.replace(tmp, final)
+        if backup.exists():
+            shutil.rmtree(backup, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+def remove_path(p: Path) -> None:
+    if p.is_dir():
+        shutil.rmtree(p, ignore_errors=True)
+    elif p.exists():
+        p.unlink()

@@ -1,0 +1,153 @@
+"""Core ML: ``.mlpackage`` ML programs (iOS 17+, fixed input shape) through coremltools.
+
+Precisions: ``fp32``; ``fp16`` (compute precision); ``int8`` (weights and activations: a PT2E
+graph quantised with the XNNPACK quantizer, which coremltools turns into quantize/dequantize and
+``constexpr_affine_dequantize`` ops, W8A8); ``w8`` (weight-only int8 by
+``linear_quantize_weights``, fp16 compute). ``MLModel.predict`` exists only on macOS; elsewhere
+``run`` raises :class:`RuntimeUnavailableError` and the check validates the package structurally.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .base import Converter, Delegation, RuntimeUnavailableError, quiet
+
+
+class CoreMLConverter(Converter):
+    name = "coreml"
+    suffix = ".mlpackage"
+    precisions = ("fp32", "fp16", "int8", "w8")
+    packages = ("coremltools",)
+
+    def runtime_availability(self) -> tuple[bool, str]:
+        if sys.platform != "darwin":
+            return False, "Core ML predictions need macOS (coremltools can only convert on this host)"
+        return super().runtime_availability()
+
+    def quantizer(self, precision: str, qat: bool = False):
+        if precision != "int8":
+            return None
+        # coremltools' own CoreMLQuantizer fails to import against torch 2.13
+        # (torch.ao.quantization.quantizer is gone); the XNNPACK quantizer's W8A8 graph converts to a
+        # Core ML W8A8 program with the same semantics, so QAT and PTQ share it.
+        from .executorch_backend import ExecuTorchConverter
+
+        return ExecuTorchConverter().quantizer(precision, qat)
+
+    def weight_quantization(self, precision: str) -> bool:
+        return precision == "w8"
+
+    def lower(self, program: torch.export.ExportedProgram, precision: str, path: Path, quantized: bool,
+              **options: Any) -> Delegation:
+        import coremltools as ct
+
+        shape = tuple(program.example_inputs[0][0].shape)
+        in_name, out_name = self.io_names()
+        kwargs = dict(
+            minimum_deployment_target=ct.target.iOS17, convert_to="mlprogram",
+            inputs=[ct.TensorType(name=in_name, shape=shape, dtype=np.float32)],
+            outputs=[ct.TensorType(name=out_name, dtype=np.float32)],
+            compute_precision=ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16,
+            skip_model_load=True,
+        )
+        # coremltools requires the inference dialect ("Provided Dialect: TRAINING" otherwise).
+        program = program.run_decompositions({})
+        note = ""
+        with quiet():
+            try:
+                ml = ct.convert(program, **kwargs)
+            except Exception as e:
+                if "not broadcastable" not in str(e) and "reduce_transposes" not in str(e):
+                    raise
+                # coremltools 9.0 bug: common::reduce_transposes crashes on `x @ x.transpose(1, 2)`
+                # ("Op matmul: x ..., y ... are not broadcastable"). Convert without that pass.
+                pipeline = ct.PassPipeline.DEFAULT
+                pipeline.remove_passes(["common::reduce_transposes"])
+                ml = ct.convert(program, pass_pipeline=pipeline, **kwargs)
+                note = "common::reduce_transposes disabled (coremltools 9.0 crash)"
+            if precision == "w8":
+                from coremltools.optimize.coreml import (
+                    OpLinearQuantizerConfig,
+                    OptimizationConfig,
+                    linear_quantize_weights,
+                )
+
+                cfg = OptimizationConfig(global_config=OpLinearQuantizerConfig(mode="linear_symmetric",
+                                                                               dtype="int8"))
+                ml = linear_quantize_weights(ml, config=cfg)
+            ml.save(str(path))
+        report = self.delegation(path)
+        report.note = "; ".join(x for x in ("Core ML op histogram (placement on CPU/GPU/ANE is decided on device)",
+                                            note) if x)
+        return report
+
+    def run(self, path: Path, x: np.ndarray, threads: int = 1) -> np.ndarray:
+        ok, why = self.runtime_availability()
+        if not ok:
+            raise RuntimeUnavailableError(why)
+        import coremltools as ct
+
+        with quiet():
+            ml = ct.models.MLModel(str(path), compute_units=ct.ComputeUnit.CPU_ONLY)
+        in_name, out_name = self.io_names()
+        return np.concatenate([ml.predict({in_name: x[i:i + 1].astype(np.float32)})[out_name]
+                               for i in range(x.shape[0])])
+
+    def delegation(self, path: Path) -> Delegation:
+        hist = op_histogram(path)
+        return Delegation(delegated=sum(hist.values()), delegated_ops=hist, partitions=1)
+
+    def validate(self, path: Path, input_shape: tuple[int, ...], num_classes: int) -> list[str]:
+        """Structural checks that need no Mac: loads, declared I/O names/shapes/types, an ML program."""
+        import coremltools as ct
+
+        problems = []
+        try:
+            with quiet():
+                spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
+        except Exception as e:
+            return [f"package does not load: {type(e).__name__}: {e}"]
+        if spec.WhichOneof("Type") != "mlProgram":
+            problems.append(f"expected an ML program, got {spec.WhichOneof('Type')}")
+        in_name, out_name = self.io_names()
+        ins = {i.name: i for i in spec.description.input}
+        outs = {o.name: o for o in spec.description.output}
+        if in_name not in ins:
+            problems.append(f"no input named {in_name!r} (has {sorted(ins)})")
+        else:
+            arr = ins[in_name].type.multiArrayType
+            if tuple(arr.shape) != tuple(input_shape):
+                problems.append(f"input shape {tuple(arr.shape)} != {tuple(input_shape)}")
+            if arr.dataType != ct.proto.FeatureTypes_pb2.ArrayFeatureType.FLOAT32:
+                problems.append("input is not float32")
+        if out_name not in outs:
+            problems.append(f"no output named {out_name!r} (has {sorted(outs)})")
+        else:
+            shape = tuple(outs[out_name].type.multiArrayType.shape)
+            if shape and shape[-1] != num_classes:
+                problems.append(f"output shape {shape} does not end in {num_classes} classes")
+        if spec.specificationVersion < 8:  # iOS 17 = spec 8
+            problems.append(f"specification version {spec.specificationVersion} < 8 (iOS 17)")
+        if not op_histogram(path):
+            problems.append("the ML program has no operations")
+        return problems
+
+
+def op_histogram(path: Path) -> dict[str, int]:
+    """Operation types of the ML program's main function and their counts (constants excluded)."""
+    import coremltools as ct
+
+    with quiet():
+        spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
+    counts: Counter[str] = Counter()
+    for func in spec.mlProgram.functions.values():
+        block = func.block_specializations[func.opset]
+        counts.update(op.type for op in block.operations if op.type != "const")
+    return dict(counts)

@@ -1,0 +1,466 @@
+"""The shared conversion pipeline: model -> artifact + sidecar, and the accuracy check.
+
+    convert("mobilevit_xs", to="executorch", precision="int8")  -> result dict
+    check("out/mobilevit_xs_256_executorch_int8.pte")           -> result dict
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import mobilevits
+from mobilevits.base import Normalize
+
+from .base import (
+    ConversionError,
+    Converter,
+    Delegation,
+    RuntimeUnavailableError,
+    UnsupportedError,
+    atomic_replace,
+    quiet,
+    remove_path,
+    tool_versions,
+)
+from .compare import THRESHOLDS_DB, accuracy, compare
+
+SIDECAR_FORMAT = "mobilevits-artifact/1"
+
+
+def _backends() -> dict[str, type[Converter]]:
+    # Imported lazily: each module imports its toolchain only inside methods.
+    from .coreml_backend import CoreMLConverter
+    from .executorch_backend import ExecuTorchConverter
+    from .tflite_backend import TFLiteConverter
+
+    return {c.name: c for c in (ExecuTorchConverter, CoreMLConverter, TFLiteConverter)}
+
+
+BACKENDS = ("executorch", "coreml", "tflite")
+
+
+def get_converter(name: str) -> Converter:
+    """The converter for ``executorch``, ``coreml`` or ``tflite``; anything else is a ValueError."""
+    backends = _backends()
+    if name not in backends:
+        raise UnsupportedError(f"unknown backend {name!r}; choose one of {', '.join(backends)}")
+    return backends[name]()
+
+
+def artifact_stem(model: str, resolution: int, backend: str, precision: str, delegate: str = "xnnpack") -> str:
+    label = backend if backend != "executorch" or delegate == "xnnpack" else f"executorch-{delegate}"
+    return f"{model}_{resolution}_{label}_{precision}"
+
+
+def sidecar_path(artifact: str | Path) -> Path:
+    artifact = Path(artifact)
+    return artifact.with_name(artifact.name + ".json")
+
+
+def _progress(stages: list[str], enabled: bool) -> Callable[[str], None]:
+    """A stage bar on stderr for people; a no-op for --json or when stderr is not a terminal."""
+    if not enabled or not sys.stderr.isatty():
+        return lambda stage: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(stages), file=sys.stderr, leave=False, bar_format="{desc} [{n}/{total}] {elapsed}")
+
+    def step(stage: str) -> None:
+        if bar.n < bar.total and bar.desc:
+            bar.update(1)
+        bar.set_description_str(stage)
+        if stage == "done":
+            bar.close()
+
+    return step
+
+
+# --------------------------------------------------------------------------------------------
+# Building the PyTorch source (also from a sidecar)
+# --------------------------------------------------------------------------------------------
+
+
+def build_source(source: dict[str, Any]) -> torch.nn.Module:
+    """Rebuild the float PyTorch model an artifact was made from, as the sidecar's ``source`` says.
+
+    Returns the eval-mode, BN-fused model wrapped with the baked-in normalisation, i.e. a function
+    of float RGB in [0, 1] exactly like the artifact.
+    """
+    weights = source.get("weights")
+    if weights:
+        path = Path(weights["path"])
+        if not path.is_file():
+            raise FileNotFoundError(f"weights {path} recorded in the sidecar are missing; the PyTorch source "
+                                    "cannot be rebuilt")
+        digest = mobilevits.weights.file_sha256(path)
+        if digest != weights["sha256"]:
+            raise ValueError(f"weights {path} changed since conversion (sha256 {digest[:12]} != "
+                             f"{weights['sha256'][:12]}); re-convert")
+    torch.manual_seed(source.get("seed", 0))
+    model = mobilevits.create_model(source["name"], num_classes=source["num_classes"],
+                                    resolution=source["resolution"],
+                                    weights=weights["path"] if weights else None, **source.get("overrides", {}))
+    if not weights:
+        mobilevits.rerandomize_(model, seed=source.get("seed", 0))
+    model.eval()
+    mobilevits.reparameterize_model(model)
+    pp = model.preprocess
+    if source.get("normalize_in_model", True) and (tuple(pp.mean) != (0.0, 0.0, 0.0)
+                                                   or tuple(pp.std) != (1.0, 1.0, 1.0)):
+        model = Normalize(model, pp.mean, pp.std).eval()
+    model.preprocess = pp  # keep the contract reachable on the wrapper
+    return model
+
+
+def calibrate_and_quantize(model: torch.nn.Module, quantizer: Any, data: torch.Tensor,
+                           fold_quantize: bool = True) -> torch.nn.Module:
+    """PTQ: export, insert observers, run the calibration images, convert to a quantised graph."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    with quiet():
+        gm = torch.export.export(model, (data[:1],)).module()
+        prepared = prepare_pt2e(gm, quantizer)
+        with torch.no_grad():
+            for i in range(data.shape[0]):
+                prepared(data[i:i + 1])
+        return convert_pt2e(prepared, fold_quantize=fold_quantize)
+
+
+def _calibration_data(spec: str, pp: Any, count: int) -> torch.Tensor:
+    from mobilevits.data import load_data
+
+    return load_data(spec, pp, limit=count, split="train").images
+
+
+# --------------------------------------------------------------------------------------------
+# convert
+# --------------------------------------------------------------------------------------------
+
+
+def convert(
+    model: str,
+    to: str,
+    precision: str = "fp32",
+    resolution: int | None = None,
+    weights: str | Path | None = None,
+    out: str | Path = "out",
+    check: bool = True,
+    data: str = "photos",
+    delegate: str = "xnnpack",
+    num_classes: int = 1000,
+    seed: int = 0,
+    calibration: str = "photos",
+    calibration_count: int = 8,
+    require_full_delegation: bool = False,
+    normalize_in_model: bool = True,
+    overrides: dict[str, Any] | None = None,
+    quantized_model: torch.nn.Module | None = None,
+    quantization_info: dict[str, Any] | None = None,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Convert a registered model for one backend and precision, then check it on this host.
+
+    Args:
+        model: registered model name.
+        to: ``executorch``, ``coreml`` or ``tflite``.
+        precision: ``fp32``, ``int8`` (all), ``fp16`` and ``w8`` (Core ML).
+        resolution: input side; the model's default if None.
+        weights: state dict to load; without it a random init with re-randomised norms (``seed``).
+        out: output folder.
+        check: run the accuracy check after converting.
+        data: data for the check (``photos``, ``digits`` or a folder).
+        delegate: ExecuTorch only: ``xnnpack`` or ``coreml``.
+        calibration: data used to calibrate int8 activations (PTQ).
+        require_full_delegation: fail when any operator stays outside the XNNPACK delegate.
+        quantized_model: an already quantised graph (from QAT); skips calibration.
+        quantization_info: what the sidecar records about ``quantized_model``'s origin.
+
+    Returns:
+        ``artifact``, ``sidecar``, ``size_bytes``, ``seconds``, ``delegation``, ``check``.
+    """
+    t0 = time.perf_counter()
+    conv = get_converter(to)
+    if precision not in conv.precisions:
+        raise UnsupportedError(f"{to} does not support precision {precision!r}; "
+                               f"choose one of {', '.join(conv.precisions)}")
+    if to == "executorch" and delegate not in ("xnnpack", "coreml"):
+        raise UnsupportedError(f"unknown ExecuTorch delegate {delegate!r}; choose xnnpack or coreml")
+    if to != "executorch" and delegate != "xnnpack":
+        raise UnsupportedError("--delegate applies to the executorch backend only")
+    if to == "executorch" and delegate == "coreml" and precision != "fp32":
+        raise UnsupportedError("the ExecuTorch Core ML delegate is offered in fp32 here; use --to coreml for "
+                               "fp16/int8/w8 Core ML models")
+    ok, why = conv.availability()
+    if not ok:
+        raise RuntimeUnavailableError(f"cannot convert to {to}: {why}")
+    info = mobilevits.get_model_info(model)
+    resolution = info.default_resolution if resolution is None else resolution
+    info.check_resolution(resolution)
+    out_dir = Path(out)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OSError(f"cannot create output folder {out_dir}: {e.strerror}") from None
+    if not os.access(out_dir, os.W_OK):
+        raise PermissionError(f"output folder {out_dir} is not writable; choose another with --out")
+
+    source = {"name": model, "num_classes": num_classes, "resolution": resolution, "overrides": overrides or {},
+              "weights": None, "seed": seed, "normalize_in_model": normalize_in_model}
+    if weights is not None:
+        # validates the file (clear WeightsError for corrupt / mismatched checkpoints) and hashes it
+        probe = mobilevits.create_model(model, num_classes=num_classes, resolution=resolution,
+                                        **(overrides or {}))
+        loaded = mobilevits.load_weights(probe, weights)
+        source["weights"] = {"path": str(Path(weights).resolve()), "sha256": loaded["sha256"]}
+    src = build_source(source)
+    pp = src.preprocess
+    x = torch.zeros(1, 3, resolution, resolution)
+
+    step = _progress(["export", "quantize", "lower", "check"], show_progress)
+    step(f"{model} -> {to} {precision}: export")
+    try:
+        with quiet():
+            program = torch.export.export(src, (x,))
+    except Exception as e:
+        raise ConversionError(f"torch.export failed for {model} (a model problem, not a backend one): "
+                              f"{type(e).__name__}: {str(e).splitlines()[0]}") from None
+    reasons = conv.preflight(program, precision)
+    if reasons:
+        raise UnsupportedError(f"cannot convert {model} to {to} {precision}: " + "; ".join(reasons))
+
+    quant_meta: dict[str, Any] | None = None
+    quantizer = conv.quantizer(precision)
+    module: torch.nn.Module = src
+    if quantized_model is not None:
+        module = quantized_model
+        program = torch.export.export(quantized_model, (x,))
+        quant_meta = dict(quantization_info or {"source": "provided"})
+    elif quantizer is not None:
+        step(f"{model} -> {to} {precision}: calibrate")
+        calib = _calibration_data(calibration, pp, calibration_count)
+        qmodel = calibrate_and_quantize(src, quantizer, calib, conv.fold_quantize)
+        module = qmodel
+        with quiet():
+            program = torch.export.export(qmodel, (x,))
+        quant_meta = {"source": "ptq", "quantizer": type(quantizer).__name__,
+                      "scheme": "int8 static activations, per-channel symmetric int8 weights",
+                      "calibration": {"data": calibration, "count": int(calib.shape[0])}}
+    elif conv.weight_quantization(precision):
+        quant_meta = {"source": "weight-only", "scheme": "int8 symmetric per-channel weights, fp16 compute"}
+
+    stem = artifact_stem(model, resolution, to, precision, delegate)
+    final = out_dir / f"{stem}{conv.suffix}"
+    tmp = out_dir / f".{stem}.partial{conv.suffix}"
+    remove_path(tmp)
+    step(f"{model} -> {to} {precision}: lower")
+    try:
+        report = conv.lower(program, precision, tmp, quantized=quant_meta is not None and quantizer is not None
+                            or quantized_model is not None, quantizer=quantizer, delegate=delegate,
+                            module=module)
+    except (UnsupportedError, RuntimeUnavailableError):
+        remove_path(tmp)
+        raise
+    except Exception as e:
+        remove_path(tmp)
+        raise ConversionError(f"{to} conversion of {model} ({precision}) failed in the backend: "
+                              f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}. "
+                              "This is a converter limitation; try another precision or backend, and "
+                              "report it with the model name and tool versions.") from None
+    if require_full_delegation and to != "coreml" and report.not_delegated:
+        remove_path(tmp)
+        raise ConversionError(f"{model}: {report.not_delegated} operator(s) stay outside the delegate "
+                              f"({report.summary()}) and --require-full-delegation is set")
+
+    sidecar = {
+        "format": SIDECAR_FORMAT,
+        "artifact": final.name,
+        "backend": to,
+        "delegate": delegate if to == "executorch" else ("xnnpack" if to == "tflite" else "coreml"),
+        "precision": precision,
+        "source": source,
+        "model": {"name": model, "family": info.family, "config": _jsonable(getattr(_unwrap(src), "cfg", None))},
+        "input": {"name": conv.io_names()[0], "shape": [1, 3, resolution, resolution], "dtype": "float32",
+                  "layout": "NCHW", "color": "RGB", "range": [0.0, 1.0]},
+        "output": {"name": conv.io_names()[1], "shape": [1, num_classes], "dtype": "float32",
+                   "meaning": "logits (apply softmax for probabilities)"},
+        "preprocess": {**pp.to_dict(), "normalization_in_model": normalize_in_model,
+                       "app_steps": "resize short side to resolution/crop_pct, centre-crop resolution, "
+                                    "RGB float in [0,1]" + ("" if normalize_in_model else ", then (x-mean)/std")},
+        "quantization": quant_meta,
+        "tool_versions": tool_versions(),
+        "delegation": report.to_dict(),
+        "check": None,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    atomic_replace(tmp, final)
+    write_sidecar(final, sidecar)
+    result: dict[str, Any] = {"artifact": str(final), "sidecar": str(sidecar_path(final)),
+                              "size_bytes": _size(final), "seconds": None, "delegation": report.to_dict(),
+                              "check": None}
+    if check:
+        step(f"{model} -> {to} {precision}: check")
+        result["check"] = check_artifact(final, data=data, show_progress=False)
+    step("done")
+    result["seconds"] = round(time.perf_counter() - t0, 2)
+    return result
+
+
+def _unwrap(m: torch.nn.Module) -> torch.nn.Module:
+    return m.model if isinstance(m, Normalize) else m
+
+
+def _jsonable(cfg: Any) -> Any:
+    import dataclasses
+
+    if cfg is None:
+        return None
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+
+
+def _size(p: Path) -> int:
+    if p.is_dir():
+        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+    return p.stat().st_size
+
+
+def write_sidecar(artifact: Path, meta: dict[str, Any]) -> None:
+    path = sidecar_path(artifact)
+    tmp = path.with_name("." + path.name + ".partial")
+    tmp.write_text(json.dumps(meta, indent=2, default=_json_default) + "\n")
+    os.replace(tmp, path)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, float) and math.isinf(o):
+        return "inf"
+    if isinstance(o, np.generic):
+        return o.item()
+    return str(o)
+
+
+def read_sidecar(artifact: str | Path) -> dict[str, Any]:
+    artifact = Path(artifact)
+    if not artifact.exists():
+        raise FileNotFoundError(f"artifact not found: {artifact}")
+    path = sidecar_path(artifact)
+    if not path.is_file():
+        raise ValueError(f"sidecar {path} is missing: mobilevits needs it to rebuild the PyTorch source. "
+                         "Keep the .json next to the artifact, or re-run `mobilevits convert`.")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"sidecar {path} is not valid JSON ({e}); re-run `mobilevits convert`") from None
+    missing = [k for k in ("format", "backend", "precision", "source") if k not in meta]
+    if missing or meta.get("format") != SIDECAR_FORMAT:
+        raise ValueError(f"sidecar {path} is not a {SIDECAR_FORMAT} sidecar (missing: {', '.join(missing) or '-'}, "
+                         f"format: {meta.get('format')!r}); re-run `mobilevits convert`")
+    return meta
+
+
+# --------------------------------------------------------------------------------------------
+# check
+# --------------------------------------------------------------------------------------------
+
+
+def quantized_reference(meta: dict[str, Any], src: torch.nn.Module) -> torch.nn.Module | None:
+    """The quantised PyTorch model an int8 artifact should match, rebuilt as its sidecar says."""
+    q = meta.get("quantization") or {}
+    if q.get("source") == "ptq":
+        conv = get_converter(meta["backend"])
+        calib = _calibration_data(q["calibration"]["data"], src.preprocess, q["calibration"]["count"])
+        return calibrate_and_quantize(src, conv.quantizer(meta["precision"]), calib, conv.fold_quantize)
+    if q.get("source") == "qat" and q.get("reference"):
+        ref = Path(q["reference"])
+        if not ref.is_file():
+            raise FileNotFoundError(f"QAT reference program {ref} recorded in the sidecar is missing")
+        return torch.export.load(str(ref)).module()
+    return None
+
+
+def check_artifact(
+    artifact: str | Path,
+    data: str = "photos",
+    limit: int | None = None,
+    threads: int = 1,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Run an artifact and its rebuilt PyTorch source on the same images and compare them.
+
+    int8 artifacts are compared with the quantised PyTorch model (the pass criterion) and with the
+    float model (reported). Off macOS a Core ML package is validated structurally only, and the
+    result says so. The result is also stored in the artifact's sidecar.
+    """
+    artifact = Path(artifact)
+    meta = read_sidecar(artifact)
+    conv = get_converter(meta["backend"])
+    precision = meta["precision"]
+    src = build_source(meta["source"])
+    from mobilevits.data import load_data
+
+    ds = load_data(data, src.preprocess, limit=limit)
+    x = ds.images
+    with torch.no_grad():
+        ref_float = np.concatenate([src(x[i:i + 1]).numpy() for i in range(x.shape[0])])
+    threshold = THRESHOLDS_DB[precision]
+    result: dict[str, Any] = {
+        "artifact": str(artifact), "runtime": conv.name, "precision": precision, "data": ds.source,
+        "sqnr_db": None, "max_abs_error": None, "cosine": None, "top1_agreement": None, "top5_agreement": None,
+        "sqnr_vs_float_db": None, "accuracy": None, "threshold_db": threshold, "passed": False, "note": "",
+        "reference": "float PyTorch model",
+    }
+    ok, why = conv.runtime_availability()
+    if meta["backend"] == "executorch" and meta.get("delegate") == "coreml":
+        ok, why = False, "an ExecuTorch program with the Core ML delegate runs only on Apple devices"
+    if not ok:
+        problems = conv.validate(artifact, tuple(meta["input"]["shape"]), meta["source"]["num_classes"]) \
+            if hasattr(conv, "validate") else []
+        result["passed"] = not problems
+        result["note"] = (f"numerics not run: {why}. Structural validation "
+                          + ("passed (loads; input/output names, shapes and types as declared; ML program ops "
+                             "present)" if not problems else "FAILED: " + "; ".join(problems)))
+        result["runtime"] = f"{conv.name} (structural)"
+        _store_check(artifact, meta, result)
+        return result
+
+    out = conv.run(artifact, x.numpy(), threads=threads)
+    ref = ref_float
+    qref = quantized_reference(meta, src) if precision == "int8" else None
+    if qref is not None:
+        with torch.no_grad():
+            ref = np.concatenate([qref(x[i:i + 1]).numpy() for i in range(x.shape[0])])
+        result["reference"] = "quantised PyTorch model (after convert_pt2e)"
+    elif precision == "int8":
+        result["note"] = "no quantised reference recorded: compared with the float model"
+    result.update(compare(ref, out))
+    result["sqnr_vs_float_db"] = compare(ref_float, out)["sqnr_db"]
+    if ds.labels is not None:
+        labels = ds.labels.numpy()
+        result["accuracy"] = {"pytorch_float": accuracy(ref_float, labels), "artifact": accuracy(out, labels)}
+        if qref is not None:
+            result["accuracy"]["pytorch_quantized"] = accuracy(ref, labels)
+    result["passed"] = bool(result["sqnr_db"] >= threshold)
+    if not result["note"]:
+        result["note"] = (f"{len(x)} images from {ds.source}; pass: SQNR >= {threshold:g} dB vs the "
+                          f"{result['reference']}")
+    _store_check(artifact, meta, result)
+    return result
+
+
+def _store_check(artifact: Path, meta: dict[str, Any], result: dict[str, Any]) -> None:
+    meta = dict(meta)
+    meta["check"] = {k: v for k, v in result.items() if k != "artifact"}
+    write_sidecar(artifact, meta)
+
+
+def delegation_of(artifact: str | Path) -> Delegation:
+    return Delegation.from_dict(read_sidecar(artifact).get("delegation") or {})

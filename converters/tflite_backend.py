@@ -1,0 +1,209 @@
+"""TFLite / LiteRT: ``.tflite`` through litert-torch, run by ``ai_edge_litert`` with XNNPACK.
+
+fp32, and int8 through PT2E with litert-torch's own quantizer. Inputs and outputs are float32
+by default, so apps feed float pixels: litert-torch makes a statically quantised model's I/O int8,
+and :func:`float_io` puts a QUANTIZE in front and a DEQUANTIZE behind (the inverse of TFLite's
+``modify_model_interface``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .base import Converter, Delegation, quiet
+
+
+class TFLiteConverter(Converter):
+    name = "tflite"
+    suffix = ".tflite"
+    precisions = ("fp32", "int8")
+    packages = ("litert_torch",)
+    runtime_packages = ("ai_edge_litert.interpreter",)
+    fold_quantize = False
+
+    def quantizer(self, precision: str, qat: bool = False):
+        if precision != "int8":
+            return None
+        from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+
+        if qat:
+            _patch_litert_qat_pattern_helper()
+        return PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=qat))
+
+    def lower(self, program: torch.export.ExportedProgram, precision: str, path: Path, quantized: bool,
+              quantizer: Any = None, module: torch.nn.Module | None = None, **options: Any) -> Delegation:
+        import litert_torch
+
+        # litert-torch wants an nn.Module: the eager model (float) or the quantised graph; both in eval.
+        module = module if module is not None else program.module()
+        example = tuple(program.example_inputs[0])
+        with quiet():
+            if quantized:
+                from litert_torch.quantize.quant_config import QuantConfig
+
+                edge = litert_torch.convert(module, example, quant_config=QuantConfig(pt2e_quantizer=quantizer))
+            else:
+                edge = litert_torch.convert(module, example)
+            edge.export(str(path))
+        float_io(path)
+        return self.delegation(path)
+
+    def _interpreter(self, path: Path, threads: int = 1):
+        from ai_edge_litert.interpreter import Interpreter
+
+        with quiet():
+            it = Interpreter(model_path=str(path), num_threads=int(threads))
+            it.allocate_tensors()
+        return it
+
+    def run(self, path: Path, x: np.ndarray, threads: int = 1) -> np.ndarray:
+        it = self._interpreter(path, threads)
+        inp, out = it.get_input_details()[0], it.get_output_details()[0]
+        ys = []
+        for i in range(x.shape[0]):
+            it.set_tensor(inp["index"], np.ascontiguousarray(x[i:i + 1], dtype=np.float32))
+            it.invoke()
+            ys.append(it.get_tensor(out["index"]).astype(np.float32).copy())
+        return np.concatenate(ys)
+
+    def delegation(self, path: Path) -> Delegation:
+        """Ops by type, and which ones XNNPACK took: a node is delegated when it lies between a
+        DELEGATE node's inputs and outputs in the original graph."""
+        it = self._interpreter(path)
+        ops = it._get_ops_details()
+        producer = {}
+        for op in ops:
+            if op["op_name"] != "DELEGATE":
+                for t in op["outputs"]:
+                    producer[int(t)] = op["index"]
+        taken: set[int] = set()
+        delegates = [op for op in ops if op["op_name"] == "DELEGATE"]
+        for d in delegates:
+            stop = {int(t) for t in d["inputs"]}
+            stack = [int(t) for t in d["outputs"]]
+            while stack:
+                t = stack.pop()
+                if t in stop or t not in producer or producer[t] in taken:
+                    continue
+                idx = producer[t]
+                taken.add(idx)
+                stack.extend(int(i) for i in ops[idx]["inputs"] if i >= 0)
+        inside: Counter[str] = Counter()
+        outside: Counter[str] = Counter()
+        for op in ops:
+            if op["op_name"] == "DELEGATE":
+                continue
+            (inside if op["index"] in taken else outside)[op["op_name"]] += 1
+        return Delegation(sum(inside.values()), sum(outside.values()), dict(outside), dict(inside), len(delegates),
+                          note="delegate: XNNPACK (LiteRT default CPU delegate)")
+
+
+def float_io(path: Path) -> bool:
+    """Give a quantised ``.tflite`` float32 inputs and outputs, in place; True if it changed anything.
+
+    An int8 input tensor becomes the output of a new QUANTIZE op fed by a new float32 input with
+    the same shape; an int8 output gets a DEQUANTIZE op to a new float32 output. Quantisation
+    parameters stay those the model was calibrated with, so results are bit-identical.
+    """
+    from ai_edge_litert import schema_py_generated as fb
+    from ai_edge_litert.tools import flatbuffer_utils as fbu
+
+    model = fbu.read_model(str(path))
+    sg = model.subgraphs[0]
+    changed = False
+
+    def opcode(builtin: int) -> int:
+        for i, oc in enumerate(model.operatorCodes):
+            if fbu.get_builtin_code_from_operator_code(oc) == builtin:
+                return i
+        oc = fb.OperatorCodeT()
+        oc.builtinCode = builtin
+        oc.deprecatedBuiltinCode = min(builtin, 127)
+        oc.version = 1
+        model.operatorCodes.append(oc)
+        return len(model.operatorCodes) - 1
+
+    def float_twin(t_idx: int, suffix: str) -> int:
+        src = sg.tensors[t_idx]
+        t = fb.TensorT()
+        t.shape = list(src.shape)
+        t.shapeSignature = None if src.shapeSignature is None else list(src.shapeSignature)
+        t.type = fb.TensorType.FLOAT32
+        t.name = (src.name.decode() if isinstance(src.name, bytes) else str(src.name)) + suffix
+        buf = fb.BufferT()
+        model.buffers.append(buf)
+        t.buffer = len(model.buffers) - 1
+        sg.tensors.append(t)
+        return len(sg.tensors) - 1
+
+    quantised = (fb.TensorType.INT8, fb.TensorType.UINT8, fb.TensorType.INT16)
+    for pos, t_idx in enumerate(list(sg.inputs)):
+        if sg.tensors[t_idx].type in quantised:
+            new = float_twin(t_idx, "_float")
+            op = fb.OperatorT()
+            op.opcodeIndex = opcode(fb.BuiltinOperator.QUANTIZE)
+            op.inputs, op.outputs = [new], [t_idx]
+            sg.operators.insert(0, op)
+            sg.inputs[pos] = new
+            _retarget_signature(model, t_idx, new)
+            changed = True
+    for pos, t_idx in enumerate(list(sg.outputs)):
+        if sg.tensors[t_idx].type in quantised:
+            new = float_twin(t_idx, "_float")
+            op = fb.OperatorT()
+            op.opcodeIndex = opcode(fb.BuiltinOperator.DEQUANTIZE)
+            op.inputs, op.outputs = [t_idx], [new]
+            sg.operators.append(op)
+            sg.outputs[pos] = new
+            _retarget_signature(model, t_idx, new)
+            changed = True
+    if changed:
+        tmp = Path(str(path) + ".io")
+        fbu.write_model(model, str(tmp))
+        tmp.replace(path)
+    return changed
+
+
+def _retarget_signature(model: Any, old: int, new: int) -> None:
+    for sig in model.signatureDefs or []:
+        for tm in list(sig.inputs or []) + list(sig.outputs or []):
+            if tm.tensorIndex == old:
+                tm.tensorIndex = new
+
+
+_PATCHED = False
+
+
+def _patch_litert_qat_pattern_helper() -> None:
+    """Workaround for litert-torch 0.10.0 + torchao 0.18: QAT annotation of conv+BN crashes with
+    "Expected `mod` to be an instance of `torch.nn.Module`, got function", because torchao's
+    pattern helper now exports its argument with torch.export and litert-torch hands it a plain
+    function. Wrap that function in a module. Applied once, only when a QAT quantizer is requested.
+    """
+    global _PATCHED
+    if _PATCHED:
+        return
+    from litert_torch.quantize import pt2e_quantizer_utils as utils
+
+    original = utils._get_aten_graph_module_for_pattern
+
+    class _Wrap(torch.nn.Module):
+        def __init__(self, fn: Any) -> None:
+            super().__init__()
+            self.fn = fn
+
+        def forward(self, *args: Any) -> Any:
+            return self.fn(*args)
+
+    def patched(pattern: Any, example_inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        if not isinstance(pattern, torch.nn.Module):
+            pattern = _Wrap(pattern)
+        return original(pattern, example_inputs, *args, **kwargs)
+
+    utils._get_aten_graph_module_for_pattern = patched
+    _PATCHED = True
