@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(BIN)/mobilevits demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check mobilevits converters tests benchmarks

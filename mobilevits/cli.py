@@ -1,0 +1,209 @@
+"""``mobilevits``: one command line over the Python API (each subcommand calls a function of the same name).
+
+    mobilevits list [--resolution R] [--json]
+    mobilevits convert MODEL --to {executorch,coreml,tflite} [--precision P] [--resolution R] ...
+    mobilevits check ARTIFACT [--data photos|digits|DIR] [--json]
+    mobilevits demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one line, no traceback."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _model_name(value: str) -> str:
+    from . import get_model_info
+
+    try:
+        get_model_info(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return value
+
+
+def _positive_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {n}")
+    return n
+
+
+# --------------------------------------------------------------------------------------------
+# subcommands: thin wrappers
+# --------------------------------------------------------------------------------------------
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .report import format_model_table, model_table, to_json
+
+    rows = model_table(resolution=args.resolution, pattern=args.pattern, show_progress=not args.json)
+    print(to_json(rows) if args.json else format_model_table(rows))
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from converters import convert
+
+    from .report import to_json
+
+    result = convert(args.model, to=args.to, precision=args.precision, resolution=args.resolution,
+                     weights=args.weights, out=args.out, check=not args.no_check, data=args.data,
+                     delegate=args.delegate, num_classes=args.num_classes, seed=args.seed,
+                     calibration=args.calibration, require_full_delegation=args.require_full_delegation,
+                     show_progress=not args.json)
+    if args.json:
+        print(to_json(result))
+    else:
+        print(_describe_convert(result))
+    check = result.get("check")
+    return 0 if check is None or check["passed"] else EXIT_FAILED
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from converters import check_artifact
+
+    from .report import to_json
+
+    result = check_artifact(args.artifact, data=args.data, limit=args.limit, threads=args.threads,
+                            show_progress=not args.json)
+    print(to_json(result) if args.json else _describe_check(result))
+    return 0 if result["passed"] else EXIT_FAILED
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import demo
+
+    return demo(out=args.out, fast=args.fast)
+
+
+def _describe_convert(r: dict[str, Any]) -> str:
+    from converters import Delegation
+
+    from .report import fmt_count
+
+    lines = [f"artifact:   {r['artifact']}  ({fmt_count(r['size_bytes'], 'B')}, {r['seconds']:.1f} s)",
+             f"sidecar:    {r['sidecar']}",
+             f"delegation: {Delegation.from_dict(r['delegation']).summary()}"]
+    if r.get("check"):
+        lines.append(_describe_check(r["check"], indent="check:      "))
+    return "\n".join(lines)
+
+
+def _describe_check(c: dict[str, Any], indent: str = "") -> str:
+    verdict = "PASS" if c["passed"] else "FAIL"
+    if c.get("sqnr_db") is None:
+        return f"{indent}{verdict} [{c['runtime']}] {c['note']}"
+    sq = c["sqnr_db"]
+    sq_s = "inf" if sq == float("inf") or sq == "inf" else f"{sq:.1f}"
+    parts = [f"{indent}{verdict} [{c['runtime']} {c['precision']}] SQNR {sq_s} dB (threshold {c['threshold_db']:g} dB "
+             f"vs {c['reference']})",
+             f"max |err| {c['max_abs_error']:.3g}, cosine {c['cosine']:.6f}, top-1 agreement "
+             f"{100 * c['top1_agreement']:.1f}%, top-5 agreement {100 * c['top5_agreement']:.1f}%"]
+    if c.get("sqnr_vs_float_db") is not None and c["precision"] == "int8":
+        parts.append(f"SQNR vs float model {c['sqnr_vs_float_db']:.1f} dB")
+    if c.get("accuracy"):
+        parts.append("accuracy " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in c["accuracy"].items()))
+    parts.append(c["note"])
+    pad = " " * len(indent)
+    return ("\n" + pad).join(parts)
+
+
+# --------------------------------------------------------------------------------------------
+# parser
+# --------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import list_models
+
+    models = ", ".join(list_models())
+    p = argparse.ArgumentParser(prog="mobilevits", description="Compact vision transformers from PyTorch to phones.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    s = sub.add_parser("list", help="models with params and MACs, next to the papers' numbers")
+    s.add_argument("--resolution", type=_positive_int, help="count MACs at this input size (default: each model's)")
+    s.add_argument("--pattern", help="fnmatch filter on names, e.g. 'levit*'")
+    s.add_argument("--json", action="store_true", help="print a JSON list for machines")
+    s.set_defaults(func=cmd_list)
+
+    s = sub.add_parser("convert", help="convert a model and check the artifact against PyTorch",
+                       description=f"Models: {models}")
+    s.add_argument("model", type=_model_name, help="model name (see `mobilevits list`)")
+    s.add_argument("--to", required=True, choices=["executorch", "coreml", "tflite"], help="backend")
+    s.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8", "w8"],
+                   help="fp32, int8 (all backends); fp16, w8 (coreml only)")
+    s.add_argument("--resolution", type=_positive_int, help="input side in pixels (default: the model's)")
+    s.add_argument("--weights", help=".pt/.pth/.safetensors state dict (default: random init, re-randomised norms)")
+    s.add_argument("--num-classes", type=_positive_int, default=1000)
+    s.add_argument("--out", default="out", help="output folder (default: out)")
+    s.add_argument("--delegate", default="xnnpack", choices=["xnnpack", "coreml"],
+                   help="executorch only: XNNPACK (Android/iOS CPU) or Core ML (iOS)")
+    s.add_argument("--data", default="photos", help="check data: photos, digits, or a folder / ImageFolder")
+    s.add_argument("--calibration", default="photos", help="int8 calibration data: photos, digits or a folder")
+    s.add_argument("--seed", type=int, default=0, help="random-init seed when no --weights")
+    s.add_argument("--no-check", action="store_true", help="skip the accuracy check")
+    s.add_argument("--require-full-delegation", action="store_true",
+                   help="fail if any operator stays outside the XNNPACK delegate")
+    s.add_argument("--json", action="store_true", help="print one JSON object for machines")
+    s.set_defaults(func=cmd_convert)
+
+    s = sub.add_parser("check", help="compare an artifact with its PyTorch source on real images")
+    s.add_argument("artifact", help=".pte, .tflite or .mlpackage with its sidecar .json beside it")
+    s.add_argument("--data", default="photos", help="photos (default), digits, or a folder / ImageFolder")
+    s.add_argument("--limit", type=_positive_int, help="use at most this many images")
+    s.add_argument("--threads", type=_positive_int, default=1)
+    s.add_argument("--json", action="store_true", help="print one JSON object for machines")
+    s.set_defaults(func=cmd_check)
+
+    s = sub.add_parser("demo", help="the main job on embedded defaults (what `make demo` runs)")
+    s.add_argument("--out", default="out/demo")
+    s.add_argument("--fast", action="store_true", help="tiny model, small resolution (for a smoke test)")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # keep TensorFlow-Lite INFO lines off the terminal
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return run(args.func, args)
+
+
+def run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    from converters.base import ConversionError, RuntimeUnavailableError, UnsupportedError
+
+    from .weights import WeightsError
+
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        print("mobilevits: interrupted", file=sys.stderr)
+        return 130
+    except (UnsupportedError, WeightsError, FileNotFoundError, PermissionError, ValueError) as e:
+        print(f"mobilevits: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (ConversionError, RuntimeUnavailableError, OSError, CliError) as e:
+        print(f"mobilevits: error: {e}", file=sys.stderr)
+        return getattr(e, "code", EXIT_FAILED)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

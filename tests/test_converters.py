@@ -1,0 +1,200 @@
+"""Every family through every conversion path (tiny configs, small inputs), and the failure paths."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import mobilevits
+from converters import ConversionError, UnsupportedError, check_artifact, convert, get_converter, read_sidecar
+from converters.compare import compare, sqnr_db, topk_agreement
+from mobilevits.weights import WeightsError
+
+TINY = sorted(n for n in mobilevits.list_models(include_tiny=True) if mobilevits.get_model_info(n).tiny)
+
+
+def _res(name: str) -> int:
+    return mobilevits.get_model_info(name).min_resolution
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("artifacts")
+
+
+def _convert(name: str, to: str, precision: str, out: Path, **kw):
+    return convert(name, to=to, precision=precision, resolution=_res(name), out=out, num_classes=10,
+                   show_progress=False, **kw)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", TINY)
+@pytest.mark.parametrize("to", ["executorch", "tflite", "coreml"])
+def test_fp32_every_family_every_path(name, to, out):
+    r = _convert(name, to, "fp32", out)
+    art = Path(r["artifact"])
+    assert art.exists() and art.name == f"{name}_{_res(name)}_{to}_fp32{get_converter(to).suffix}"
+    assert r["size_bytes"] > 0
+    c = r["check"]
+    assert c["passed"], c
+    if to == "coreml" and sys.platform != "darwin":
+        assert c["sqnr_db"] is None and "macOS" in c["note"]
+        assert r["delegation"]["delegated_ops"]  # op histogram present
+    else:
+        assert c["sqnr_db"] >= 60 and c["top1_agreement"] == 1.0
+        # every compute op of every model inside the XNNPACK delegate
+        d = r["delegation"]
+        assert d["delegated"] > 0
+        assert set(d["not_delegated_ops"]) <= {"_to_dim_order_copy"}, d["not_delegated_ops"]
+    meta = read_sidecar(art)
+    assert meta["source"]["name"] == name and meta["input"]["shape"] == [1, 3, _res(name), _res(name)]
+    assert meta["check"]["passed"] and meta["tool_versions"]["torch"].startswith("2.13")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["mobilevit_tiny", "levit_tiny", "mobilenetv3_tiny"])
+@pytest.mark.parametrize("to", ["executorch", "tflite"])
+def test_int8_matches_quantized_pytorch(name, to, out):
+    if name not in TINY:
+        pytest.skip(f"{name} not registered")
+    r = _convert(name, to, "int8", out)
+    c = r["check"]
+    assert c["passed"], c
+    assert c["reference"].startswith("quantised PyTorch")
+    assert c["sqnr_db"] >= 30
+    assert c["sqnr_vs_float_db"] is not None
+    meta = read_sidecar(r["artifact"])
+    assert meta["quantization"]["source"] == "ptq"
+    if to == "tflite":  # float I/O by default
+        from ai_edge_litert.interpreter import Interpreter
+
+        it = Interpreter(model_path=r["artifact"])
+        assert it.get_input_details()[0]["dtype"] == np.float32
+        assert it.get_output_details()[0]["dtype"] == np.float32
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["fp16", "int8", "w8"])
+def test_coreml_precisions(precision, out):
+    r = _convert("mobilenetv3_tiny", "coreml", precision, out)
+    assert r["check"]["passed"], r["check"]
+    hist = r["delegation"]["delegated_ops"]
+    if precision == "int8":
+        assert any("quantize" in op for op in hist), hist
+    if precision == "w8":
+        assert any("constexpr" in op for op in hist), hist
+
+
+def test_check_reports_accuracy_on_labelled_data(out):
+    r = _convert("mobilenetv3_tiny", "tflite", "fp32", out, check=False)
+    c = check_artifact(r["artifact"], data="digits", limit=20, show_progress=False)
+    assert set(c["accuracy"]) == {"pytorch_float", "artifact"}
+    assert c["accuracy"]["artifact"] == c["accuracy"]["pytorch_float"]
+    assert c["top1_agreement"] == 1.0 and c["passed"]
+
+
+# ---------------------------------------------------------------------------------------------
+# failure paths
+# ---------------------------------------------------------------------------------------------
+
+
+def test_unknown_precision_for_backend(tmp_path):
+    with pytest.raises(UnsupportedError, match="tflite does not support precision 'fp16'"):
+        convert("mobilenetv3_tiny", to="tflite", precision="fp16", out=tmp_path)
+    with pytest.raises(UnsupportedError, match="unknown backend"):
+        convert("mobilenetv3_tiny", to="onnx", out=tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_corrupt_weights(tmp_path):
+    bad = tmp_path / "w.pt"
+    bad.write_bytes(b"this is not a checkpoint")
+    with pytest.raises(WeightsError, match="not a readable checkpoint"):
+        convert("mobilenetv3_tiny", to="tflite", weights=bad, out=tmp_path / "o")
+    wrong = tmp_path / "wrong.pt"
+    torch.save(mobilevits.create_model("mobilevit_tiny").state_dict(), wrong)
+    with pytest.raises(WeightsError, match="missing keys"):
+        convert("mobilenetv3_tiny", to="tflite", weights=wrong, out=tmp_path / "o")
+
+
+def test_pickled_objects_are_refused(tmp_path):
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": mobilevits.create_model("mobilenetv3_tiny")}, evil)  # a whole module, pickled
+    with pytest.raises(WeightsError, match="weights_only"):
+        mobilevits.create_model("mobilenetv3_tiny", weights=evil)
+
+
+def test_unwritable_output(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OSError, match="cannot create output folder"):
+        convert("mobilenetv3_tiny", to="tflite", out=blocker / "sub")
+
+
+def test_failed_conversion_leaves_no_partial_and_keeps_good_artifact(tmp_path, monkeypatch):
+    good = _convert("mobilenetv3_tiny", "tflite", "fp32", tmp_path, check=False)
+    before = Path(good["artifact"]).read_bytes()
+    from converters.tflite_backend import TFLiteConverter
+
+    def broken(self, program, precision, path, quantized, **kw):
+        Path(path).write_bytes(b"half written")
+        raise RuntimeError("simulated converter crash")
+
+    monkeypatch.setattr(TFLiteConverter, "lower", broken)
+    with pytest.raises(ConversionError, match="simulated converter crash"):
+        _convert("mobilenetv3_tiny", "tflite", "fp32", tmp_path, check=False)
+    assert Path(good["artifact"]).read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([Path(good["artifact"]).name,
+                                                                Path(good["sidecar"]).name])
+
+
+def test_missing_or_wrong_sidecar(tmp_path):
+    r = _convert("mobilenetv3_tiny", "tflite", "fp32", tmp_path, check=False)
+    side = Path(r["sidecar"])
+    side.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        check_artifact(r["artifact"])
+    side.write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(ValueError, match="not a mobilevits-artifact"):
+        check_artifact(r["artifact"])
+    side.unlink()
+    with pytest.raises(ValueError, match="sidecar .* is missing"):
+        check_artifact(r["artifact"])
+
+
+def test_sidecar_rebuilds_the_source_with_weights(tmp_path):
+    torch.manual_seed(3)
+    m = mobilevits.create_model("mobilenetv3_tiny", num_classes=10, resolution=96)
+    mobilevits.rerandomize_(m, seed=5)
+    w = tmp_path / "w.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(w))
+    r = _convert("mobilenetv3_tiny", "tflite", "fp32", tmp_path, weights=w)
+    meta = read_sidecar(r["artifact"])
+    assert meta["source"]["weights"]["sha256"] == mobilevits.weights.file_sha256(w)
+    assert r["check"]["passed"]
+    w.write_bytes(w.read_bytes()[:-8] + b"\0" * 8)  # weights changed after conversion
+    with pytest.raises(ValueError, match="changed since conversion"):
+        check_artifact(r["artifact"])
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics
+# ---------------------------------------------------------------------------------------------
+
+
+def test_metrics_against_hand_computation():
+    ref = np.array([[1.0, 2.0, 3.0, 0.0, -1.0, 0.5]])
+    out = ref + np.array([[0.1, 0.0, 0.0, 0.0, 0.0, 0.0]])
+    assert sqnr_db(ref, out) == pytest.approx(10 * np.log10(np.sum(ref**2) / 0.01))
+    assert sqnr_db(ref, ref) == float("inf")
+    t1, t5 = topk_agreement(ref, ref[:, ::-1].copy())
+    assert t1 == 0.0 and 0 < t5 < 1
+    m = compare(ref, out)
+    assert m["max_abs_error"] == pytest.approx(0.1) and 0.99 < m["cosine"] < 1.0
