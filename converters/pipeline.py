@@ -128,7 +128,9 @@ def calibrate_and_quantize(model: torch.nn.Module, quantizer: Any, data: torch.T
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     with quiet():
-        gm = torch.export.export(model, (data[:1],)).module()
+        # dynamic batch, so the quantised reference also evaluates whole batches
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        gm = torch.export.export(model, (data[:2],), dynamic_shapes=({0: batch},)).module()
         prepared = prepare_pt2e(gm, quantizer)
         with torch.no_grad():
             for i in range(data.shape[0]):

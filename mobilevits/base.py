@@ -117,6 +117,9 @@ def rerandomize_(model: nn.Module, seed: int = 0) -> nn.Module:
             p.copy_(rand(p, 0.1))
         elif p.ndim != 0 and p.abs().sum() == 0:  # zero-initialised tables (attention biases, tokens)
             p.copy_(rand(p, 0.2))
+    # modules that cache eval-mode tensors derived from parameters (LeViT's dense attention bias)
+    # rebuild them on a mode switch
+    model.train(model.training)
     return model
 
 

@@ -19,6 +19,8 @@ CASES = {
     # fixture: (our model, overrides, resolution, normalisation)
     "mobilenetv3_small_050": ("mobilenetv3_small_100", {"width": 0.5}, 128, IMAGENET),
     "mobilevit_tiny": ("mobilevit_tiny", {}, 160, (np.zeros(3, np.float32), np.ones(3, np.float32))),
+    "levit_tiny": ("levit_tiny", {}, 160, IMAGENET),
+    "efficientnet_b0_025": ("efficientnet_tiny", {}, 128, IMAGENET),
 }
 
 

@@ -1,1 +1,1 @@
-from . import mobilenetv3, mobilevit  # noqa: F401
+from . import efficientnet, levit, mobilenetv3, mobilevit, sepvit  # noqa: F401
