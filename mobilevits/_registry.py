@@ -25,10 +25,12 @@ class PaperNumbers:
     resolution: int = 224
     source: str = ""
     macs_tolerance: float = 0.02  # how close our counted MACs must be (relative)
+    macs_counts_norms: bool = False  # the paper's MACs include BatchNorm (count_macs(count_norms=True))
 
     def to_dict(self) -> dict:
         return {"params": self.params, "macs": None if self.macs_m is None else round(self.macs_m * 1e6),
-                "top1": self.top1, "resolution": self.resolution, "source": self.source}
+                "top1": self.top1, "resolution": self.resolution, "source": self.source,
+                "macs_convention": "conv+linear+matmul" + ("+batchnorm" if self.macs_counts_norms else "")}
 
 
 @dataclass(frozen=True)

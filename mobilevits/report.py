@@ -27,8 +27,12 @@ def model_table(resolution: int | None = None, pattern: str | None = None, show_
         if res not in info.valid_resolutions():
             continue
         model = create_model(name, resolution=res)
-        rows.append({"name": name, "family": info.family, "resolution": res, "params": num_params(model),
-                     "macs": count_macs(model, res), "paper": info.paper.to_dict() if info.paper else None})
+        row = {"name": name, "family": info.family, "resolution": res, "params": num_params(model),
+               "macs": count_macs(model, res), "paper": info.paper.to_dict() if info.paper else None}
+        if info.paper and info.paper.macs_counts_norms:
+            # the paper counts BatchNorm too: compare like with like
+            row["macs_paper_convention"] = count_macs(model, res, count_norms=True)
+        rows.append(row)
     return rows
 
 
@@ -101,10 +105,14 @@ def format_model_table(rows: list[dict[str, Any]]) -> str:
         p = r["paper"] or {}
         dev = None
         if p.get("macs") and p.get("resolution") == r["resolution"]:
-            dev = f"{100 * (r['macs'] - p['macs']) / p['macs']:+.1f}%"
+            ours = r.get("macs_paper_convention", r["macs"])
+            dev = f"{100 * (ours - p['macs']) / p['macs']:+.1f}%" + ("*" if "macs_paper_convention" in r else "")
         out.append([r["name"], r["family"], r["resolution"], f"{r['params']:,}", fmt_count(r["macs"]),
                     f"{p['params']:,}" if p.get("params") else "-",
                     fmt_count(p.get("macs")) + (f"@{p['resolution']}" if p.get("macs") else ""), dev or "-",
                     p.get("top1")])
-    return table(out, ["model", "family", "res", "params", "MACs", "paper params", "paper MACs", "MACs diff",
+    text = table(out, ["model", "family", "res", "params", "MACs", "paper params", "paper MACs", "MACs diff",
                        "paper top-1"])
+    if any("macs_paper_convention" in r for r in rows):
+        text += "\n* the paper's MACs include BatchNorm (2 ops per element); the diff counts them the same way"
+    return text
