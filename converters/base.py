@@ -136,6 +136,19 @@ class Converter(ABC):
         return "image", "logits"
 
 
+def keep_float(quantizer: Any) -> Any:
+    """Exclude modules whose internals must stay float from a PT2E quantizer; returns it.
+
+    LayerNorm's deploy formulation computes ``rsqrt(var + eps)``: quantised per tensor to int8, small
+    variances round to zero and the rsqrt becomes inf (seen in QAT of MobileViT). Left float, the ops
+    still run inside the XNNPACK delegate, with quantize/dequantize at the LayerNorm's boundaries.
+    """
+    from mobilevits.layers import LayerNorm
+
+    quantizer.set_module_type(LayerNorm, None)
+    return quantizer
+
+
 def _importable(modules: tuple[str, ...]) -> tuple[bool, str]:
     for mod in modules:
         try:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import Converter, Delegation, RuntimeUnavailableError, UnsupportedError, quiet
+from .base import Converter, Delegation, RuntimeUnavailableError, UnsupportedError, keep_float, quiet
 
 _IGNORED = {"getitem", "executorch_call_delegate", "<built-in function getitem>"}
 
@@ -64,7 +64,8 @@ class ExecuTorchConverter(Converter):
             get_symmetric_quantization_config,
         )
 
-        return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=qat))
+        q = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=qat))
+        return keep_float(q)
 
     def lower(self, program: torch.export.ExportedProgram, precision: str, path: Path, quantized: bool,
               delegate: str = "xnnpack", **options: Any) -> Delegation:

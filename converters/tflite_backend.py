@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import Converter, Delegation, quiet
+from .base import Converter, Delegation, keep_float, quiet
 
 
 class TFLiteConverter(Converter):
@@ -33,7 +33,8 @@ class TFLiteConverter(Converter):
 
         if qat:
             _patch_litert_qat_pattern_helper()
-        return PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=qat))
+        q = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=qat))
+        return keep_float(q)
 
     def lower(self, program: torch.export.ExportedProgram, precision: str, path: Path, quantized: bool,
               quantizer: Any = None, module: torch.nn.Module | None = None, **options: Any) -> Delegation:

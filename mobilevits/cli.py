@@ -4,6 +4,7 @@
     mobilevits convert MODEL --to {executorch,coreml,tflite} [--precision P] [--resolution R] ...
     mobilevits check ARTIFACT [--data photos|digits|DIR] [--json]
     mobilevits demo
+    mobilevits export-app-assets ARTIFACT... --to {android_demo,ios_demo} [--labels FILE] [--json]
 """
 
 from __future__ import annotations
@@ -88,10 +89,67 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if result["passed"] else EXIT_FAILED
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .report import to_json
+    from .training import train
+
+    result = train(args.model, data=args.data, weights=args.weights, resolution=args.resolution,
+                   epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, out=args.out, resume=args.resume,
+                   seed=args.seed, train_limit=args.train_limit, show_progress=not args.json,
+                   log=_logger(args.json))
+    if args.json:
+        print(to_json(result))
+    else:
+        top1 = result["val_top1"]
+        print(f"weights:    {result['weights']}\ncheckpoint: {result['checkpoint']}\n"
+              f"val top-1:  {'n/a' if top1 is None else f'{100 * top1:.2f}%'}")
+    return 0
+
+
+def cmd_qat(args: argparse.Namespace) -> int:
+    from .report import to_json
+    from .training import ledger_markdown, qat
+
+    result = qat(args.model, backend=args.backend, data=args.data, weights=args.weights,
+                 resolution=args.resolution, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                 out=args.out, resume=args.resume, seed=args.seed, train_limit=args.train_limit,
+                 float_epochs=args.float_epochs, show_progress=not args.json, log=_logger(args.json))
+    if args.json:
+        print(to_json({k: result[k] for k in ("ledger", "artifact", "checkpoint", "weights", "reference", "notes",
+                                              "check")}))
+    else:
+        print(ledger_markdown(result))
+    check = result.get("check") or {}
+    return 0 if check.get("passed", True) else EXIT_FAILED
+
+
+def _logger(json_mode: bool) -> Callable[[str], None]:
+    """Progress lines go to stderr, and are dropped with --json so stdout stays one JSON object."""
+    if json_mode:
+        return lambda msg: None
+    return lambda msg: print(msg, file=sys.stderr, flush=True)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import demo
 
     return demo(out=args.out, fast=args.fast)
+
+
+def cmd_export_app_assets(args: argparse.Namespace) -> int:
+    from .app_assets import export_app_assets
+    from .report import to_json
+
+    result = export_app_assets(args.artifacts, to=args.to, labels=args.labels, dest=args.dest, replace=args.replace)
+    if args.json:
+        print(to_json(result))
+    else:
+        lines = [f"{result['app']}: {len(result['models'])} model(s) -> {result['dest']}",
+                 f"manifest:   {result['manifest']}"]
+        lines += [f"  {m['name']}: expected top-1 {m['expected']['top1_label']!r} on {m['test_image']['file']} "
+                  f"(margin {m['expected']['margin']:.3g}; {m['expected']['reference']})" for m in result["models"]]
+        print("\n".join(lines))
+    return 0
 
 
 def _describe_convert(r: dict[str, Any]) -> str:
@@ -173,6 +231,41 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print one JSON object for machines")
     s.set_defaults(func=cmd_check)
 
+    def add_training_args(s: argparse.ArgumentParser, out: str) -> None:
+        s.add_argument("model", type=_model_name, help="model name (see `mobilevits list`)")
+        s.add_argument("--data", default="digits",
+                       help="digits (scikit-learn's handwritten digits) or an ImageFolder (train/ and val/ inside, "
+                            "or class folders split 80/20)")
+        s.add_argument("--weights", help="float weights to start from (.pt/.pth/.safetensors)")
+        s.add_argument("--resolution", type=_positive_int, help="input side (default: the model's)")
+        s.add_argument("--epochs", type=_positive_int)
+        s.add_argument("--batch-size", type=_positive_int)
+        s.add_argument("--lr", type=float)
+        s.add_argument("--out", default=out, help=f"run folder: checkpoints and results (default: {out})")
+        s.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+        s.add_argument("--seed", type=int, default=0)
+        s.add_argument("--train-limit", type=_positive_int, help="use only the first N training images")
+        s.add_argument("--json", action="store_true", help="print one JSON object for machines")
+
+    s = sub.add_parser("train", help="train a float model (AdamW, cosine, label smoothing)")
+    add_training_args(s, "out/train")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("qat", help="quantization-aware fine-tuning for a backend, convert, and the accuracy ledger")
+    add_training_args(s, "out/qat")
+    s.add_argument("--backend", required=True, choices=["executorch", "coreml", "tflite"])
+    s.add_argument("--float-epochs", type=_positive_int, help="epochs of float training when no --weights")
+    s.set_defaults(func=cmd_qat)
+
+    s = sub.add_parser("export-app-assets", help="copy artifacts into android_demo / ios_demo with a manifest")
+    s.add_argument("artifacts", nargs="+", metavar="ARTIFACT", help=".pte, .tflite or .mlpackage with its sidecar")
+    s.add_argument("--to", required=True, help="android_demo (.pte XNNPACK, .tflite) or ios_demo (.mlpackage, .pte)")
+    s.add_argument("--labels", help="class names, one per line (or a JSON list); default 'class N'")
+    s.add_argument("--dest", help="model folder to write instead of the app's own")
+    s.add_argument("--replace", action="store_true", help="drop the manifest's other models instead of merging")
+    s.add_argument("--json", action="store_true", help="print one JSON object for machines")
+    s.set_defaults(func=cmd_export_app_assets)
+
     s = sub.add_parser("demo", help="the main job on embedded defaults (what `make demo` runs)")
     s.add_argument("--out", default="out/demo")
     s.add_argument("--fast", action="store_true", help="tiny model, small resolution (for a smoke test)")
@@ -194,8 +287,8 @@ def run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> 
 
     try:
         return func(args)
-    except KeyboardInterrupt:
-        print("mobilevits: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"mobilevits: {e or 'interrupted'}", file=sys.stderr)
         return 130
     except (UnsupportedError, WeightsError, FileNotFoundError, PermissionError, ValueError) as e:
         print(f"mobilevits: error: {e}", file=sys.stderr)

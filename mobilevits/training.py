@@ -1,0 +1,546 @@
+"""One trainer for float training and quantization-aware training (PT2E), with resumable checkpoints.
+
+    train("mobilevit_xxs", data="digits")                       # float model, from scratch
+    qat("mobilevit_xxs", backend="executorch", data="digits")   # trains float first if no weights
+
+QAT is graph mode: the float model is exported, ``prepare_qat_pt2e`` inserts the fake quantizers
+of the quantizer the chosen backend's converter owns (so training simulates exactly what the
+backend runs), the graph is fine-tuned, ``convert_pt2e`` produces the quantised reference and the
+converter lowers that graph directly. No second copy of any model.
+
+Determinism: batch order is a function of (seed, epoch), the RNG state is checkpointed, and a run
+resumed from any checkpoint continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._registry import create_model, get_model_info
+from .base import Normalize, reparameterize_model
+from .data import ImageSet, load_data
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class Recipe:
+    """Training hyper-parameters. The defaults train compact transformers on ``digits`` untuned."""
+
+    epochs: int = 8
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    clip_grad: float = 1.0
+    # QAT: from this epoch on, BatchNorm statistics and quantisation observers are frozen.
+    freeze_epoch: int | None = None
+    seed: int = 0
+    train_limit: int | None = None  # use only the first N training images (smoke tests)
+
+    @classmethod
+    def for_qat(cls, **kw: Any) -> Recipe:
+        r = cls(epochs=3, lr=2e-4, warmup_epochs=0.0, weight_decay=0.0)
+        r = replace(r, **{k: v for k, v in kw.items() if v is not None})
+        if r.freeze_epoch is None and r.epochs > 1:
+            r = replace(r, freeze_epoch=max(1, round(r.epochs * 0.6)))
+        return r
+
+
+@dataclass
+class Split:
+    train: ImageSet
+    val: ImageSet
+    num_classes: int
+
+
+def load_split(data: str, preprocess: Any, seed: int = 0) -> Split:
+    """``digits`` (fixed stratified split) or an ImageFolder with train/ and val/ subfolders
+    (or a single ImageFolder split 80/20 reproducibly by ``seed``)."""
+    if data == "digits":
+        return Split(load_data("digits", preprocess, split="train"), load_data("digits", preprocess, split="val"), 10)
+    root = Path(data)
+    if not root.is_dir():
+        raise ValueError(f"--data must be 'digits' or an ImageFolder directory, got {data!r}")
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        tr, va = load_data(str(root / "train"), preprocess), load_data(str(root / "val"), preprocess)
+        if tr.classes != va.classes:
+            raise ValueError(f"{root}/train and {root}/val have different class folders")
+    else:
+        full = load_data(str(root), preprocess)
+        if full.labels is None:
+            raise ValueError(f"{root} has no class subfolders: training needs an ImageFolder")
+        g = torch.Generator().manual_seed(seed)
+        perm = torch.randperm(len(full), generator=g)
+        n_val = max(1, len(full) // 5)
+        va_idx, tr_idx = perm[:n_val], perm[n_val:]
+        tr = ImageSet(full.images[tr_idx], full.labels[tr_idx], full.classes, f"{full.source} (train split)")
+        va = ImageSet(full.images[va_idx], full.labels[va_idx], full.classes, f"{full.source} (val split)")
+    if tr.labels is None:
+        raise ValueError(f"{data}: training needs labels (an ImageFolder: one subfolder per class)")
+    return Split(tr, va, len(tr.classes or []))
+
+
+# --------------------------------------------------------------------------------------------
+# distributed (torchrun) support
+# --------------------------------------------------------------------------------------------
+
+
+def _dist() -> tuple[int, int]:
+    """(rank, world size); initialises a gloo process group when started by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _is_main() -> bool:
+    return _dist()[0] == 0
+
+
+# --------------------------------------------------------------------------------------------
+# the loop
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class State:
+    epoch: int = 0  # next epoch to run
+    batch: int = 0  # next batch within that epoch
+    frozen: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _lr_lambda(recipe: Recipe, steps_per_epoch: int) -> Callable[[int], float]:
+    total = max(1, recipe.epochs * steps_per_epoch)
+    warm = int(recipe.warmup_epochs * steps_per_epoch)
+
+    def f(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        t = (step - warm) / max(1, total - warm)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, t))) * 0.99 + 0.01
+
+    return f
+
+
+def _batches(n: int, batch_size: int, seed: int, epoch: int, rank: int, world: int) -> list[torch.Tensor]:
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    out = []
+    for i in range(0, n, batch_size):
+        idx = perm[i:i + batch_size]
+        out.append(idx[rank::world])
+    return [b for b in out if len(b)]
+
+
+def _atomic_save(obj: dict[str, Any], path: Path) -> None:
+    tmp = path.with_name("." + path.name + ".partial")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def evaluate(model: Callable[[torch.Tensor], torch.Tensor], ds: ImageSet, batch_size: int = 64) -> float:
+    """Top-1 accuracy (fraction) of ``model`` on a labelled set."""
+    correct = 0
+    for i in range(0, len(ds), batch_size):
+        logits = model(ds.images[i:i + batch_size])
+        correct += int((logits.argmax(1) == ds.labels[i:i + batch_size]).sum())
+    return correct / max(1, len(ds))
+
+
+def fit(
+    module: nn.Module,
+    split: Split,
+    recipe: Recipe,
+    out: Path,
+    kind: str,
+    meta: dict[str, Any],
+    resume: bool,
+    set_train: Callable[[nn.Module], None],
+    set_eval: Callable[[nn.Module], None],
+    freeze: Callable[[nn.Module], None] | None = None,
+    show_progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> State:
+    """Train ``module`` in place with AdamW, warm-up + cosine, label smoothing and gradient clipping.
+
+    A checkpoint (module, optimizer, schedule, RNG, position, history) is written after every
+    epoch and on Ctrl-C; with ``resume`` the run continues from ``out/checkpoint.pt``.
+    """
+    rank, world = _dist()
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / CHECKPOINT
+    torch.manual_seed(recipe.seed)
+    n_train = len(split.train) if recipe.train_limit is None else min(recipe.train_limit, len(split.train))
+    steps_per_epoch = math.ceil(n_train / recipe.batch_size)
+    decay = [p for n, p in module.named_parameters() if p.ndim > 1 and p.requires_grad]
+    no_decay = [p for n, p in module.named_parameters() if p.ndim <= 1 and p.requires_grad]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(recipe, steps_per_epoch))
+    state = State()
+    if resume and ckpt_path.is_file():
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        if ck.get("kind") != kind or ck.get("meta") != meta:
+            raise ValueError(f"{ckpt_path} belongs to another run ({ck.get('kind')}: {ck.get('meta')}); "
+                             f"use another --out or drop --resume")
+        module.load_state_dict(ck["module"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        torch.set_rng_state(ck["rng"])
+        state = State(ck["epoch"], ck["batch"], ck["frozen"], list(ck["history"]))
+        if state.frozen and freeze is not None:
+            freeze(module)
+        log(f"resuming {kind} from {ckpt_path}: epoch {state.epoch + 1}, batch {state.batch}")
+    elif resume:
+        log(f"nothing to resume in {out}: starting a new {kind} run")
+
+    train_model: nn.Module = module
+    if world > 1:
+        train_model = nn.parallel.DistributedDataParallel(module)
+
+    def save(position: State) -> None:
+        if rank != 0:
+            return
+        _atomic_save({"kind": kind, "meta": meta, "module": module.state_dict(), "optimizer": opt.state_dict(),
+                      "scheduler": sched.state_dict(), "rng": torch.get_rng_state(), "epoch": position.epoch,
+                      "batch": position.batch, "frozen": position.frozen, "history": position.history}, ckpt_path)
+
+    x_all, y_all = split.train.images[:n_train], split.train.labels[:n_train]
+    try:
+        with _sigterm_as_interrupt():
+            while state.epoch < recipe.epochs:
+                epoch = state.epoch
+                if freeze is not None and recipe.freeze_epoch is not None and epoch >= recipe.freeze_epoch \
+                        and not state.frozen:
+                    freeze(module)
+                    state.frozen = True
+                    log(f"epoch {epoch + 1}: BatchNorm statistics and observers frozen")
+                batches = _batches(n_train, recipe.batch_size, recipe.seed, epoch, rank, world)
+                set_train(module)
+                t0 = time.perf_counter()
+                loss_sum, correct, seen = 0.0, 0, 0
+                bar = _bar(len(batches), f"{kind} epoch {epoch + 1}/{recipe.epochs}", show_progress and rank == 0,
+                           initial=state.batch)
+                for bi in range(state.batch, len(batches)):
+                    idx = batches[bi]
+                    xb, yb = x_all[idx], y_all[idx]
+                    logits = train_model(xb)
+                    loss = F.cross_entropy(logits, yb, label_smoothing=recipe.label_smoothing)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if recipe.clip_grad:
+                        nn.utils.clip_grad_norm_(module.parameters(), recipe.clip_grad)
+                    opt.step()
+                    sched.step()
+                    state.batch = bi + 1
+                    loss_sum += float(loss) * len(idx)
+                    correct += int((logits.argmax(1) == yb).sum())
+                    seen += len(idx)
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+                if bar is not None:
+                    bar.close()
+                set_eval(module)
+                val = evaluate(module, split.val)
+                state.history.append({"epoch": epoch + 1, "train_loss": loss_sum / max(1, seen),
+                                      "train_top1": correct / max(1, seen), "val_top1": val,
+                                      "lr": sched.get_last_lr()[0], "seconds": round(time.perf_counter() - t0, 2)})
+                state.epoch, state.batch = epoch + 1, 0
+                save(state)
+                log(f"{kind} epoch {epoch + 1}/{recipe.epochs}: loss {loss_sum / max(1, seen):.3f}, "
+                    f"val top-1 {100 * val:.1f}%")
+    except KeyboardInterrupt:
+        save(state)
+        raise KeyboardInterrupt(f"interrupted at epoch {state.epoch + 1}, batch {state.batch}; checkpoint "
+                                f"{ckpt_path} written: rerun the same command with --resume") from None
+    set_eval(module)
+    return state
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM (a scheduler stopping the job) like Ctrl-C, so a checkpoint gets written."""
+    if not hasattr(signal, "SIGTERM") or sys.platform == "win32":
+        yield
+        return
+    try:
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _bar(total: int, desc: str, enabled: bool, initial: int = 0):
+    if not enabled or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, file=sys.stderr, leave=False)
+
+
+# --------------------------------------------------------------------------------------------
+# float training
+# --------------------------------------------------------------------------------------------
+
+
+def _weights_path(out: Path, model: str, resolution: int, data: str) -> Path:
+    tag = "digits" if data == "digits" else Path(data).name
+    return out / f"{model}_{resolution}_{tag}.safetensors"
+
+
+def train(
+    model: str,
+    data: str = "digits",
+    weights: str | Path | None = None,
+    resolution: int | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    out: str | Path = "out/train",
+    resume: bool = False,
+    seed: int = 0,
+    train_limit: int | None = None,
+    show_progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Train (or fine-tune from ``weights``) a float model on ``data``; returns weights path and top-1."""
+    log = log or (lambda s: print(s, file=sys.stderr))
+    info = get_model_info(model)
+    resolution = info.default_resolution if resolution is None else resolution
+    info.check_resolution(resolution)
+    recipe = replace(Recipe(), **{k: v for k, v in dict(epochs=epochs, batch_size=batch_size, lr=lr,
+                                                          seed=seed, train_limit=train_limit).items()
+                                  if v is not None})
+    out = Path(out)
+    torch.manual_seed(seed)
+    probe = create_model(model, resolution=resolution)
+    split = load_split(data, probe.preprocess, seed)
+    torch.manual_seed(seed)
+    net = create_model(model, num_classes=split.num_classes, resolution=resolution, weights=weights)
+    module = Normalize(net, net.preprocess.mean, net.preprocess.std)
+    meta = {"model": model, "resolution": resolution, "data": data, "num_classes": split.num_classes,
+            "weights": str(weights) if weights else None, "recipe": asdict(recipe)}
+    state = fit(module, split, recipe, out, "train", meta, resume, set_train=lambda m: m.train(),
+                set_eval=lambda m: m.eval(), show_progress=show_progress, log=log)
+    path = _weights_path(out, model, resolution, data)
+    if _is_main():
+        from safetensors.torch import save_file
+
+        tmp = path.with_name("." + path.name + ".partial")
+        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
+        os.replace(tmp, path)
+    result = {"model": model, "resolution": resolution, "data": data, "num_classes": split.num_classes,
+              "weights": str(path), "checkpoint": str(out / CHECKPOINT),
+              "val_top1": state.history[-1]["val_top1"] if state.history else None, "history": state.history,
+              "world_size": _dist()[1]}
+    if _dist()[1] > 1:
+        result["param_checksum"] = float(sum(p.double().sum() for p in net.parameters()))
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# QAT
+# --------------------------------------------------------------------------------------------
+
+
+def _qat_ready(net: nn.Module) -> nn.Module:
+    """The module QAT exports: eval-mode code paths (deploy formulations, no dropout) with BatchNorm
+    after convolutions in training mode, which prepare_qat_pt2e folds into the conv with simulated
+    quantisation. BatchNorms PT2E cannot fold (after linears, before classifiers) are folded now."""
+    from .base import ImageClassifier
+    from .layers import ConvNormAct
+
+    net.eval()
+    for m in list(net.modules()):
+        if hasattr(m, "fuse") and not isinstance(m, ConvNormAct | ImageClassifier):
+            m.fuse()
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.train()
+    return net
+
+
+def qat(
+    model: str,
+    backend: str,
+    data: str = "digits",
+    weights: str | Path | None = None,
+    resolution: int | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    out: str | Path = "out/qat",
+    resume: bool = False,
+    seed: int = 0,
+    train_limit: int | None = None,
+    float_epochs: int | None = None,
+    show_progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Quantization-aware fine-tuning for ``backend``, conversion, and the accuracy ledger.
+
+    Without ``weights`` the float model is trained first on the same data (and the result says so).
+    Returns ``ledger`` (float, PTQ int8, QAT int8 and artifact top-1), ``artifact``, ``checkpoint``.
+    """
+    from torchao.quantization.pt2e import (
+        disable_observer,
+        move_exported_model_to_eval,
+        move_exported_model_to_train,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
+
+    from converters import convert, get_converter
+    from converters.base import quiet
+    from converters.pipeline import calibrate_and_quantize
+
+    log = log or (lambda s: print(s, file=sys.stderr))
+    conv = get_converter(backend)
+    if "int8" not in conv.precisions:
+        raise ValueError(f"{backend} has no int8 path")
+    info = get_model_info(model)
+    resolution = info.default_resolution if resolution is None else resolution
+    info.check_resolution(resolution)
+    out = Path(out)
+    notes = []
+    float_result = None
+    if weights is None:
+        float_out = out / "float"
+        notes.append(f"no --weights: trained the float model first ({float_out})")
+        log(notes[-1])
+        float_result = train(model, data=data, resolution=resolution, epochs=float_epochs, batch_size=batch_size,
+                             out=float_out, resume=resume, seed=seed, train_limit=train_limit,
+                             show_progress=show_progress, log=log)
+        weights = float_result["weights"]
+
+    recipe = Recipe.for_qat(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, train_limit=train_limit)
+    torch.manual_seed(seed)
+    probe = create_model(model, resolution=resolution)
+    split = load_split(data, probe.preprocess, seed)
+
+    def float_model() -> nn.Module:
+        net = create_model(model, num_classes=split.num_classes, resolution=resolution, weights=weights)
+        return Normalize(net, net.preprocess.mean, net.preprocess.std)
+
+    ref = reparameterize_model(float_model())
+    ledger: dict[str, float | None] = {"float_top1": evaluate(ref, split.val), "ptq_int8_top1": None,
+                                       "qat_int8_top1": None, "artifact_top1": None}
+    log(f"float top-1 {100 * ledger['float_top1']:.1f}%")
+    calib = split.train.images[:64]
+    ptq = calibrate_and_quantize(ref, conv.quantizer("int8"), calib, conv.fold_quantize)
+    ledger["ptq_int8_top1"] = evaluate(ptq, split.val)
+    log(f"post-training int8 top-1 {100 * ledger['ptq_int8_top1']:.1f}%")
+
+    # graph-mode QAT with the backend's own quantizer
+    qat_src = _qat_ready(float_model())
+    example = split.train.images[:2]
+    with quiet():
+        gm = torch.export.export(qat_src, (example,),
+                                 dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},)).module()
+        prepared = prepare_qat_pt2e(gm, conv.quantizer("int8", qat=True))
+
+    def freeze(m: nn.Module) -> None:
+        m.apply(disable_observer)
+        move_exported_model_to_eval(m)  # BatchNorm uses (and stops updating) running statistics
+
+    frozen = {"on": False}
+
+    def set_train(m: nn.Module) -> None:
+        if not frozen["on"]:
+            move_exported_model_to_train(m)
+
+    def freeze_and_mark(m: nn.Module) -> None:
+        frozen["on"] = True
+        freeze(m)
+
+    meta = {"model": model, "backend": backend, "resolution": resolution, "data": data,
+            "weights": str(weights), "recipe": asdict(recipe)}
+    fit(prepared, split, recipe, out, "qat", meta, resume, set_train=set_train,
+        set_eval=move_exported_model_to_eval, freeze=freeze_and_mark, show_progress=show_progress, log=log)
+    move_exported_model_to_eval(prepared)
+    ledger["qat_int8_top1"] = evaluate(prepared, split.val)
+    log(f"QAT fake-quant int8 top-1 {100 * ledger['qat_int8_top1']:.1f}%")
+    with quiet():
+        quantized = convert_pt2e(prepared, fold_quantize=conv.fold_quantize)
+        x1 = split.val.images[:1]
+        reference = out / f"{model}_{resolution}_{backend}_int8.qat.pt2"
+        tmp = reference.with_name("." + reference.name + ".partial")
+        torch.export.save(torch.export.export(quantized, (x1,)), str(tmp))
+        os.replace(tmp, reference)
+
+    result_convert = convert(model, to=backend, precision="int8", resolution=resolution, weights=weights,
+                             out=out, check=True, data=data if data == "digits" else "photos",
+                             num_classes=split.num_classes, quantized_model=quantized,
+                             quantization_info={"source": "qat", "reference": str(reference.resolve()),
+                                                "quantizer": type(conv.quantizer("int8")).__name__,
+                                                "checkpoint": str((out / CHECKPOINT).resolve()),
+                                                "recipe": asdict(recipe)},
+                             show_progress=show_progress)
+    artifact = Path(result_convert["artifact"])
+    ok, _ = conv.runtime_availability()
+    check = result_convert["check"] or {}
+    if ok:
+        logits = conv.run(artifact, split.val.images.numpy())
+        ledger["artifact_top1"] = float(np.mean(logits.argmax(1) == split.val.labels.numpy()))
+    elif (check.get("accuracy") or {}).get("artifact") is not None and len(split.val) == len(
+            load_data("digits", probe.preprocess, split="val")) and data == "digits":
+        ledger["artifact_top1"] = check["accuracy"]["artifact"]
+    else:
+        notes.append(f"artifact top-1 not measured: {backend} runtime unavailable here")
+    _store_ledger(artifact, ledger, notes)
+    return {"model": model, "backend": backend, "resolution": resolution, "data": data, "ledger": ledger,
+            "artifact": str(artifact), "checkpoint": str(out / CHECKPOINT), "weights": str(weights),
+            "reference": str(reference), "check": check, "notes": notes,
+            "float_training": float_result}
+
+
+def _store_ledger(artifact: Path, ledger: dict[str, Any], notes: list[str]) -> None:
+    from converters.pipeline import read_sidecar, write_sidecar
+
+    meta = read_sidecar(artifact)
+    meta["ledger"] = {**ledger, "notes": notes}
+    write_sidecar(artifact, meta)
+
+
+def ledger_markdown(result: dict[str, Any]) -> str:
+    """The accuracy ledger as a Markdown table: where accuracy went between float and the artifact."""
+    led = result["ledger"]
+    rows = [("float (PyTorch)", led["float_top1"]), ("post-training int8 (calibration only)", led["ptq_int8_top1"]),
+            ("QAT int8 (fake-quant PyTorch)", led["qat_int8_top1"]),
+            (f"converted artifact ({result['backend']}, host runtime)", led["artifact_top1"])]
+    base = led["float_top1"]
+    lines = [f"### {result['model']} @ {result['resolution']} on {result['data']}: int8 for {result['backend']}", "",
+             "| stage | top-1 | vs float |", "|---|---:|---:|"]
+    for name, v in rows:
+        if v is None:
+            lines.append(f"| {name} | n/a | |")
+        else:
+            lines.append(f"| {name} | {100 * v:.2f}% | {100 * (v - base):+.2f} pt |")
+    lines += ["", f"artifact: `{result['artifact']}`  checkpoint: `{result['checkpoint']}`"]
+    lines += [f"note: {n}" for n in result.get("notes", [])]
+    return "\n".join(lines)
