@@ -97,6 +97,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                    epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, out=args.out, resume=args.resume,
                    seed=args.seed, train_limit=args.train_limit, show_progress=not args.json,
                    log=_logger(args.json))
+    if os.environ.get("RANK", "0") != "0":  # torchrun: only rank 0 reports
+        return 0
     if args.json:
         print(to_json(result))
     else:
@@ -113,7 +115,8 @@ def cmd_qat(args: argparse.Namespace) -> int:
     result = qat(args.model, backend=args.backend, data=args.data, weights=args.weights,
                  resolution=args.resolution, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                  out=args.out, resume=args.resume, seed=args.seed, train_limit=args.train_limit,
-                 float_epochs=args.float_epochs, show_progress=not args.json, log=_logger(args.json))
+                 float_epochs=args.float_epochs, convert_artifact=not args.no_convert, show_progress=not args.json,
+                 log=_logger(args.json))
     if args.json:
         print(to_json({k: result[k] for k in ("ledger", "artifact", "checkpoint", "weights", "reference", "notes",
                                               "check")}))
@@ -255,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_training_args(s, "out/qat")
     s.add_argument("--backend", required=True, choices=["executorch", "coreml", "tflite"])
     s.add_argument("--float-epochs", type=_positive_int, help="epochs of float training when no --weights")
+    s.add_argument("--no-convert", action="store_true", help="stop after QAT training and the PyTorch ledger")
     s.set_defaults(func=cmd_qat)
 
     s = sub.add_parser("export-app-assets", help="copy artifacts into android_demo / ios_demo with a manifest")

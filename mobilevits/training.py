@@ -20,7 +20,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -185,7 +185,8 @@ def fit(
     """Train ``module`` in place with AdamW, warm-up + cosine, label smoothing and gradient clipping.
 
     A checkpoint (module, optimizer, schedule, RNG, position, history) is written after every
-    epoch and on Ctrl-C; with ``resume`` the run continues from ``out/checkpoint.pt``.
+    epoch and, at the next step boundary, on Ctrl-C or SIGTERM; with ``resume`` the run continues
+    from ``out/checkpoint.pt`` and ends with the weights an unbroken run would have.
     """
     rank, world = _dist()
     out.mkdir(parents=True, exist_ok=True)
@@ -227,73 +228,84 @@ def fit(
                       "batch": position.batch, "frozen": position.frozen, "history": position.history}, ckpt_path)
 
     x_all, y_all = split.train.images[:n_train], split.train.labels[:n_train]
-    try:
-        with _sigterm_as_interrupt():
-            while state.epoch < recipe.epochs:
-                epoch = state.epoch
-                if freeze is not None and recipe.freeze_epoch is not None and epoch >= recipe.freeze_epoch \
-                        and not state.frozen:
-                    freeze(module)
-                    state.frozen = True
-                    log(f"epoch {epoch + 1}: BatchNorm statistics and observers frozen")
-                batches = _batches(n_train, recipe.batch_size, recipe.seed, epoch, rank, world)
-                set_train(module)
-                t0 = time.perf_counter()
-                loss_sum, correct, seen = 0.0, 0, 0
-                bar = _bar(len(batches), f"{kind} epoch {epoch + 1}/{recipe.epochs}", show_progress and rank == 0,
-                           initial=state.batch)
-                for bi in range(state.batch, len(batches)):
-                    idx = batches[bi]
-                    xb, yb = x_all[idx], y_all[idx]
-                    logits = train_model(xb)
-                    loss = F.cross_entropy(logits, yb, label_smoothing=recipe.label_smoothing)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if recipe.clip_grad:
-                        nn.utils.clip_grad_norm_(module.parameters(), recipe.clip_grad)
-                    opt.step()
-                    sched.step()
-                    state.batch = bi + 1
-                    loss_sum += float(loss) * len(idx)
-                    correct += int((logits.argmax(1) == yb).sum())
-                    seen += len(idx)
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+    with _Interrupts() as interrupts:
+        while state.epoch < recipe.epochs:
+            epoch = state.epoch
+            if freeze is not None and recipe.freeze_epoch is not None and epoch >= recipe.freeze_epoch \
+                    and not state.frozen:
+                freeze(module)
+                state.frozen = True
+                log(f"epoch {epoch + 1}: BatchNorm statistics and observers frozen")
+            batches = _batches(n_train, recipe.batch_size, recipe.seed, epoch, rank, world)
+            set_train(module)
+            t0 = time.perf_counter()
+            loss_sum, correct, seen = 0.0, 0, 0
+            bar = _bar(len(batches), f"{kind} epoch {epoch + 1}/{recipe.epochs}", show_progress and rank == 0,
+                       initial=state.batch)
+            for bi in range(state.batch, len(batches)):
+                idx = batches[bi]
+                xb, yb = x_all[idx], y_all[idx]
+                logits = train_model(xb)
+                loss = F.cross_entropy(logits, yb, label_smoothing=recipe.label_smoothing)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if recipe.clip_grad:
+                    nn.utils.clip_grad_norm_(module.parameters(), recipe.clip_grad)
+                opt.step()
+                sched.step()
+                state.batch = bi + 1
+                loss_sum += float(loss) * len(idx)
+                correct += int((logits.argmax(1) == yb).sum())
+                seen += len(idx)
                 if bar is not None:
-                    bar.close()
-                set_eval(module)
-                val = evaluate(module, split.val)
-                state.history.append({"epoch": epoch + 1, "train_loss": loss_sum / max(1, seen),
-                                      "train_top1": correct / max(1, seen), "val_top1": val,
-                                      "lr": sched.get_last_lr()[0], "seconds": round(time.perf_counter() - t0, 2)})
-                state.epoch, state.batch = epoch + 1, 0
-                save(state)
-                log(f"{kind} epoch {epoch + 1}/{recipe.epochs}: loss {loss_sum / max(1, seen):.3f}, "
-                    f"val top-1 {100 * val:.1f}%")
-    except KeyboardInterrupt:
-        save(state)
-        raise KeyboardInterrupt(f"interrupted at epoch {state.epoch + 1}, batch {state.batch}; checkpoint "
-                                f"{ckpt_path} written: rerun the same command with --resume") from None
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+                if interrupts.requested:
+                    if bar is not None:
+                        bar.close()
+                    save(state)
+                    raise KeyboardInterrupt(
+                        f"interrupted at epoch {state.epoch + 1}, batch {state.batch}; checkpoint {ckpt_path} "
+                        "written: rerun the same command with --resume")
+            if bar is not None:
+                bar.close()
+            set_eval(module)
+            val = evaluate(module, split.val)
+            state.history.append({"epoch": epoch + 1, "train_loss": loss_sum / max(1, seen),
+                                  "train_top1": correct / max(1, seen), "val_top1": val,
+                                  "lr": sched.get_last_lr()[0], "seconds": round(time.perf_counter() - t0, 2)})
+            state.epoch, state.batch = epoch + 1, 0
+            save(state)
+            log(f"{kind} epoch {epoch + 1}/{recipe.epochs}: loss {loss_sum / max(1, seen):.3f}, "
+                f"val top-1 {100 * val:.1f}%")
     set_eval(module)
     return state
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Treat SIGTERM (a scheduler stopping the job) like Ctrl-C, so a checkpoint gets written."""
-    if not hasattr(signal, "SIGTERM") or sys.platform == "win32":
-        yield
-        return
-    try:
-        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+class _Interrupts:
+    """Ctrl-C / SIGTERM become a request to stop at the next step boundary, so the checkpoint written
+    then holds a consistent model/optimizer/schedule/RNG state; a second Ctrl-C stops at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt("interrupted twice: stopped without a final checkpoint")
+        self.requested = True
+
+    def __enter__(self) -> _Interrupts:
+        for sig in (signal.SIGINT, getattr(signal, "SIGTERM", None)):
+            if sig is None:
+                continue
+            with contextlib.suppress(ValueError):  # not the main thread: keep default behaviour
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, prev in self._previous.items():
+            signal.signal(sig, prev)
 
 
 def _bar(total: int, desc: str, enabled: bool, initial: int = 0):
@@ -360,7 +372,11 @@ def train(
               "val_top1": state.history[-1]["val_top1"] if state.history else None, "history": state.history,
               "world_size": _dist()[1]}
     if _dist()[1] > 1:
-        result["param_checksum"] = float(sum(p.double().sum() for p in net.parameters()))
+        import torch.distributed as dist
+
+        checksums: list[Any] = [None] * _dist()[1]
+        dist.all_gather_object(checksums, float(sum(p.double().sum() for p in net.parameters())))
+        result["rank_param_checksums"] = checksums  # DDP keeps replicas identical: all equal
     return result
 
 
@@ -400,10 +416,14 @@ def qat(
     seed: int = 0,
     train_limit: int | None = None,
     float_epochs: int | None = None,
+    convert_artifact: bool = True,
     show_progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Quantization-aware fine-tuning for ``backend``, conversion, and the accuracy ledger.
+
+    With ``convert_artifact=False`` it stops after training and the PyTorch ledger entries
+    (the artifact column stays None).
 
     Without ``weights`` the float model is trained first on the same data (and the result says so).
     Returns ``ledger`` (float, PTQ int8, QAT int8 and artifact top-1), ``artifact``, ``checkpoint``.
@@ -493,6 +513,12 @@ def qat(
         torch.export.save(torch.export.export(quantized, (x1,)), str(tmp))
         os.replace(tmp, reference)
 
+    base = {"model": model, "backend": backend, "resolution": resolution, "data": data, "ledger": ledger,
+            "checkpoint": str(out / CHECKPOINT), "weights": str(weights), "reference": str(reference),
+            "notes": notes, "float_training": float_result, "artifact": None, "check": None}
+    if not convert_artifact:
+        notes.append("conversion skipped (--no-convert)")
+        return base
     result_convert = convert(model, to=backend, precision="int8", resolution=resolution, weights=weights,
                              out=out, check=True, data=data if data == "digits" else "photos",
                              num_classes=split.num_classes, quantized_model=quantized,
@@ -513,10 +539,7 @@ def qat(
     else:
         notes.append(f"artifact top-1 not measured: {backend} runtime unavailable here")
     _store_ledger(artifact, ledger, notes)
-    return {"model": model, "backend": backend, "resolution": resolution, "data": data, "ledger": ledger,
-            "artifact": str(artifact), "checkpoint": str(out / CHECKPOINT), "weights": str(weights),
-            "reference": str(reference), "check": check, "notes": notes,
-            "float_training": float_result}
+    return {**base, "artifact": str(artifact), "check": check}
 
 
 def _store_ledger(artifact: Path, ledger: dict[str, Any], notes: list[str]) -> None:
@@ -541,6 +564,6 @@ def ledger_markdown(result: dict[str, Any]) -> str:
             lines.append(f"| {name} | n/a | |")
         else:
             lines.append(f"| {name} | {100 * v:.2f}% | {100 * (v - base):+.2f} pt |")
-    lines += ["", f"artifact: `{result['artifact']}`  checkpoint: `{result['checkpoint']}`"]
+    lines += ["", f"artifact: `{result['artifact'] or '-'}`  checkpoint: `{result['checkpoint']}`"]
     lines += [f"note: {n}" for n in result.get("notes", [])]
     return "\n".join(lines)

@@ -1,0 +1,161 @@
+"""Trainer and QAT: learning happens, runs resume exactly after a kill or Ctrl-C, DDP, the ledger."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import mobilevits
+from mobilevits.training import CHECKPOINT, Recipe, _batches, _lr_lambda, qat, train
+
+MODEL = "mobilevit_tiny"
+RES = 96
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+def _cli(*args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "mobilevits.cli", *args], env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+@pytest.fixture(scope="module")
+def float_weights(tmp_path_factory) -> str:
+    """A float mobilevit_tiny trained briefly on digits (shared by the QAT tests)."""
+    out = tmp_path_factory.mktemp("float")
+    r = train(MODEL, resolution=RES, epochs=2, train_limit=512, out=out, show_progress=False, log=lambda s: None)
+    return r["weights"]
+
+
+def test_schedule_and_batches_are_deterministic():
+    f = _lr_lambda(Recipe(epochs=4, warmup_epochs=1), steps_per_epoch=10)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(10) > f(25) > f(39) >= 0.01
+    a = _batches(100, 32, seed=1, epoch=3, rank=0, world=1)
+    b = _batches(100, 32, seed=1, epoch=3, rank=0, world=1)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not torch.equal(a[0], _batches(100, 32, seed=1, epoch=4, rank=0, world=1)[0])
+    # two ranks split every global batch without overlap
+    r0, r1 = _batches(100, 32, 1, 3, 0, 2), _batches(100, 32, 1, 3, 1, 2)
+    assert all(set(x.tolist()).isdisjoint(y.tolist()) for x, y in zip(r0, r1))
+    assert sorted(torch.cat(r0 + r1).tolist()) == list(range(100))
+
+
+def test_float_training_learns_digits(float_weights):
+    ck = torch.load(Path(float_weights).parent / CHECKPOINT, weights_only=True)
+    hist = ck["history"]
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"]
+    assert hist[-1]["train_top1"] > 0.3  # chance is 0.1
+    model = mobilevits.create_model(MODEL, num_classes=10, resolution=RES, weights=float_weights)
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def _final_state(out: Path) -> dict[str, torch.Tensor]:
+    return torch.load(out / CHECKPOINT, weights_only=True)["module"]
+
+
+def _assert_same_state(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+QAT_ARGS = ["--backend", "executorch", "--resolution", str(RES), "--epochs", "3", "--train-limit", "384",
+            "--batch-size", "32", "--no-convert", "--json"]
+
+
+def _wait_for(cond, proc: subprocess.Popen, timeout: float = 900.0) -> None:
+    t0 = time.time()
+    while not cond():
+        if proc.poll() is not None:
+            raise AssertionError(f"process ended early: {proc.returncode}\n{proc.stderr.read()[-2000:]}")
+        if time.time() - t0 > timeout:
+            proc.kill()
+            raise AssertionError("timed out")
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_qat_killed_mid_epoch_resumes_to_identical_weights(float_weights, tmp_path):
+    ref_out, run_out = tmp_path / "unbroken", tmp_path / "killed"
+    ref = _cli("qat", MODEL, "--weights", float_weights, "--out", str(ref_out), *QAT_ARGS)
+    assert ref.wait(timeout=1800) == 0, ref.stderr.read()[-2000:]
+
+    p = _cli("qat", MODEL, "--weights", float_weights, "--out", str(run_out), *QAT_ARGS)
+    ck = run_out / CHECKPOINT
+    _wait_for(ck.exists, p)  # epoch 1 written: now inside epoch 2
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert p.returncode == -signal.SIGKILL
+    saved = torch.load(ck, weights_only=True)
+    assert saved["epoch"] == 1 and saved["batch"] == 0  # the kill came before epoch 2 finished
+
+    resumed = _cli("qat", MODEL, "--weights", float_weights, "--out", str(run_out), "--resume", *QAT_ARGS)
+    out, err = resumed.communicate(timeout=1800)
+    assert resumed.returncode == 0, err[-2000:]
+    _assert_same_state(_final_state(run_out), _final_state(ref_out))
+    ledger = json.loads(out)["ledger"]
+    assert ledger["artifact_top1"] is None and 0 <= ledger["qat_int8_top1"] <= 1
+
+
+@pytest.mark.slow
+def test_ctrl_c_leaves_a_mid_epoch_checkpoint_that_resumes_exactly(float_weights, tmp_path):
+    args = ["train", MODEL, "--weights", float_weights, "--resolution", str(RES), "--epochs", "2",
+            "--train-limit", "384", "--batch-size", "16", "--json"]
+    ref = _cli(*args, "--out", str(tmp_path / "ref"))
+    assert ref.wait(timeout=900) == 0
+    p = _cli(*args, "--out", str(tmp_path / "run"))
+    ck = tmp_path / "run" / CHECKPOINT
+    _wait_for(ck.exists, p)
+    time.sleep(1.0)  # some batches into epoch 2
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 130 and "--resume" in err
+    saved = torch.load(ck, weights_only=True)
+    if saved["epoch"] == 1:
+        assert saved["batch"] > 0  # a mid-epoch position was saved
+    resumed = _cli(*args, "--out", str(tmp_path / "run"), "--resume")
+    assert resumed.wait(timeout=900) == 0
+    _assert_same_state(_final_state(tmp_path / "run"), _final_state(tmp_path / "ref"))
+
+
+def test_resume_refuses_another_runs_checkpoint(float_weights, tmp_path):
+    train(MODEL, resolution=RES, epochs=1, train_limit=64, out=tmp_path, show_progress=False, log=lambda s: None)
+    with pytest.raises(ValueError, match="belongs to another run"):
+        train(MODEL, resolution=RES, epochs=1, train_limit=64, lr=0.1, out=tmp_path, resume=True,
+              show_progress=False, log=lambda s: None)
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_keep_replicas_identical(tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "mobilevits.cli", "train", MODEL,
+           "--resolution", str(RES), "--epochs", "1", "--train-limit", "128", "--batch-size", "32",
+           "--out", str(tmp_path), "--json"]
+    r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(r.stdout)
+    assert result["world_size"] == 2
+    sums = result["rank_param_checksums"]
+    assert len(sums) == 2 and sums[0] == sums[1]
+    assert Path(result["weights"]).is_file()
+
+
+@pytest.mark.slow
+def test_qat_ledger_and_artifact_match_fake_quant(float_weights, tmp_path):
+    r = qat(MODEL, backend="tflite", weights=float_weights, resolution=RES, epochs=1, train_limit=256,
+            out=tmp_path, show_progress=False, log=lambda s: None)
+    led = r["ledger"]
+    assert all(led[k] is not None for k in ("float_top1", "ptq_int8_top1", "qat_int8_top1", "artifact_top1"))
+    # the artifact computes what the quantised PyTorch graph computes
+    assert abs(led["artifact_top1"] - led["qat_int8_top1"]) <= 0.005 + 1e-9
+    assert r["check"]["passed"] and r["check"]["reference"].startswith("quantised PyTorch")
+    meta = json.loads(Path(r["artifact"] + ".json").read_text())
+    assert meta["quantization"]["source"] == "qat" and meta["ledger"]["qat_int8_top1"] == led["qat_int8_top1"]
