@@ -5,6 +5,7 @@
     mobilevits check ARTIFACT [--data photos|digits|DIR] [--json]
     mobilevits demo
     mobilevits export-app-assets ARTIFACT... --to {android_demo,ios_demo} [--labels FILE] [--json]
+    mobilevits bench [ARTIFACT...] [--models M,...] [--runtime R] [--device host|adb[:SERIAL]|ios[:UDID]] [--json]
 """
 
 from __future__ import annotations
@@ -131,6 +132,23 @@ def _logger(json_mode: bool) -> Callable[[str], None]:
     if json_mode:
         return lambda msg: None
     return lambda msg: print(msg, file=sys.stderr, flush=True)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import bench, format_table, to_json
+
+    result = bench(args.artifacts, models=args.models, resolutions=args.resolutions, runtime=args.runtime,
+                   precision=args.precision, device=args.device, threads=args.threads, warmup=args.warmup,
+                   iterations=args.iterations, cooldown=args.cooldown, seed=args.seed, out=args.out,
+                   csv_path=args.csv, plot=args.plot, executor_runner=args.executor_runner,
+                   benchmark_model=args.benchmark_model, cpu_mask=args.cpu_mask, app=args.app,
+                   xctestrun=args.xctestrun, log=_logger(args.json))
+    print(to_json(result) if args.json else format_table(result))
+    return 0
+
+
+def _int_list(value: str) -> list[int]:
+    return [_positive_int(v) for v in value.split(",") if v.strip()]
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -269,6 +287,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--replace", action="store_true", help="drop the manifest's other models instead of merging")
     s.add_argument("--json", action="store_true", help="print one JSON object for machines")
     s.set_defaults(func=cmd_export_app_assets)
+
+    s = sub.add_parser("bench", help="latency of artifacts or models on this host, an Android phone or an iPhone")
+    s.add_argument("artifacts", nargs="*", metavar="ARTIFACT", help=".pte, .tflite or .mlpackage with its sidecar")
+    s.add_argument("--models", help="comma list of models to build and time (see `mobilevits list`)")
+    s.add_argument("--resolutions", help="comma list of input sides for --models (default: each model's)")
+    s.add_argument("--runtime", help="comma list of torch (PyTorch eager), executorch, tflite, coreml "
+                                     "(for --models; default torch)")
+    s.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8", "w8"])
+    s.add_argument("--device", default="host", help="host (default), adb[:SERIAL] or ios[:UDID]")
+    s.add_argument("--threads", type=_int_list, default=[1], help="comma list of thread counts (default 1)")
+    s.add_argument("--warmup", type=int, default=10, help="untimed runs per cell (default 10)")
+    s.add_argument("--iterations", type=_positive_int, default=50, help="timed runs per cell (default 50)")
+    s.add_argument("--cooldown", type=float, default=1.0, help="seconds between cells (default 1)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the random cell order and input")
+    s.add_argument("--out", default="out/bench", help="folder for built artifacts (default: out/bench)")
+    s.add_argument("--csv", help="write one CSV row per cell here")
+    s.add_argument("--plot", help="write a PNG of latency vs resolution here")
+    s.add_argument("--executor-runner", help="adb: ExecuTorch executor_runner binary ($MOBILEVITS_EXECUTOR_RUNNER)")
+    s.add_argument("--benchmark-model", help="adb: LiteRT benchmark_model binary ($MOBILEVITS_BENCHMARK_MODEL)")
+    s.add_argument("--cpu-mask", help="adb: taskset CPU mask for the binaries, e.g. f0 for the big cores")
+    s.add_argument("--app", action="store_true", help="adb: time with the android_demo bench mode instead")
+    s.add_argument("--xctestrun", help="ios: the .xctestrun from `xcodebuild build-for-testing` of ios_demo")
+    s.add_argument("--json", action="store_true", help="print one JSON object for machines")
+    s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("demo", help="the main job on embedded defaults (what `make demo` runs)")
     s.add_argument("--out", default="out/demo")
