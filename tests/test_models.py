@@ -80,3 +80,21 @@ def test_preprocess_declared(name):
     assert pp.resolution == info.default_resolution == model.resolution
     assert len(pp.mean) == len(pp.std) == 3 and all(s > 0 for s in pp.std)
     assert (pp.color, pp.layout) == ("RGB", "NCHW")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", PAPER)
+def test_export_and_fuse_at_paper_resolution(name):
+    """Full-size variants at their paper resolution: exports, and fused == unfused."""
+    info = get_model_info(name)
+    res = info.paper.resolution
+    torch.manual_seed(0)
+    model = create_model(name, resolution=res).eval()
+    mobilevits.rerandomize_(model, seed=2)
+    x = torch.randn(1, 3, res, res)
+    with torch.no_grad():
+        y = model(x)
+        ep = torch.export.export(model, (x,))
+        torch.testing.assert_close(ep.module()(x), y, rtol=1e-4, atol=1e-4)
+        fused = mobilevits.reparameterize_model(model)
+        torch.testing.assert_close(fused(x), y, rtol=1e-4, atol=1e-4)
