@@ -40,7 +40,7 @@ def demo(out: str | Path = "out/demo", fast: bool = False) -> int:
     out = Path(out)
     t0 = time.perf_counter()
     model, res = (FAST_MODEL, FAST_RES) if fast else (DEMO_MODEL, DEMO_RES)
-    float_epochs, qat_epochs, limit = (2, 1, 256) if fast else (6, 2, None)
+    float_epochs, qat_epochs, limit = (4, 1, None) if fast else (6, 2, None)
 
     _say("== 1. Models: params exact to the papers, MACs from one shared counter ==")
     _say(format_model_table(model_table(show_progress=True)))

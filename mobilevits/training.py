@@ -254,7 +254,7 @@ def fit(
                 opt.step()
                 sched.step()
                 state.batch = bi + 1
-                loss_sum += float(loss) * len(idx)
+                loss_sum += loss.item() * len(idx)
                 correct += int((logits.argmax(1) == yb).sum())
                 seen += len(idx)
                 if bar is not None:
