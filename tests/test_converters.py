@@ -38,10 +38,21 @@ def _convert(name: str, to: str, precision: str, out: Path, **kw):
                    show_progress=False, **kw)
 
 
+# Known conversion failures (open work, listed in the issue notes).
+KNOWN_FAILURES = {
+    ("tflite", "sepvit"): "litert-torch: 'tfl.batch_matmul' op found invalid output rank, expected 3 but got 4",
+}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", TINY)
 @pytest.mark.parametrize("to", ["executorch", "tflite", "coreml"])
 def test_fp32_every_family_every_path(name, to, out):
+    known = KNOWN_FAILURES.get((to, mobilevits.get_model_info(name).family))
+    if known:
+        with pytest.raises(ConversionError, match="batch_matmul"):
+            _convert(name, to, "fp32", out)
+        pytest.xfail(f"known defect: {known}")
     r = _convert(name, to, "fp32", out)
     art = Path(r["artifact"])
     assert art.exists() and art.name == f"{name}_{_res(name)}_{to}_fp32{get_converter(to).suffix}"
