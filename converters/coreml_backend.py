@@ -4,13 +4,16 @@ Precisions: ``fp32``; ``fp16`` (compute precision); ``int8`` (weights and activa
 graph quantised with the XNNPACK quantizer, which coremltools turns into quantize/dequantize and
 ``constexpr_affine_dequantize`` ops, W8A8); ``w8`` (weight-only int8 by
 ``linear_quantize_weights``, fp16 compute). ``MLModel.predict`` exists only on macOS; elsewhere
-``run`` raises :class:`RuntimeUnavailableError` and the check validates the package structurally.
+``run`` raises :class:`RuntimeUnavailableError`, and ``mobilevits check`` computes the package's
+numerics with the NumPy MIL executor (``converters.mil_executor``) after a structural validation.
 """
 
 from __future__ import annotations
 
 import sys
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +63,7 @@ class CoreMLConverter(Converter):
         # coremltools requires the inference dialect ("Provided Dialect: TRAINING" otherwise).
         program = program.run_decompositions({})
         note = ""
-        with quiet():
+        with quiet(), _float_scalar_dequantize():
             try:
                 ml = ct.convert(program, **kwargs)
             except Exception as e:
@@ -138,6 +141,35 @@ class CoreMLConverter(Converter):
         if not op_histogram(path):
             problems.append("the ML program has no operations")
         return problems
+
+
+@contextmanager
+def _float_scalar_dequantize() -> Iterator[None]:
+    """Work around a coremltools 9.0 bug in ``frontend/torch/quantization_ops._dequantize_general``.
+
+    A dequantised 0-d constant (PT2E quantises scalar operands such as the attention scale) is folded
+    as ``scale * (input - zero_point)`` with int8 NumPy operands, so the subtraction wraps: 127 - (-128)
+    = -1, and a 0.5 scale becomes -0.00196. That silently breaks the attention of every int8 package
+    (LeViT's int8 output fell to 0 dB). Here the fold is done in float32; every other case is passed to
+    the original function unchanged. Found with ``mobilevits check --layers``.
+    """
+    from coremltools.converters.mil import Builder
+    from coremltools.converters.mil.frontend.torch import quantization_ops as qops
+
+    original = qops._dequantize_general
+
+    def patched(context, node, input, scale, zero_point, axis, qmin, qmax):  # noqa: A002 (upstream names)
+        if input.rank == 0 and input.val is not None:
+            value = np.float32(scale.val) * (np.float32(input.val) - np.float32(zero_point.val))
+            context.add(Builder.const(val=np.float32(value), name=node.name), node.name)
+            return
+        original(context, node, input, scale, zero_point, axis, qmin, qmax)
+
+    qops._dequantize_general = patched
+    try:
+        yield
+    finally:
+        qops._dequantize_general = original
 
 
 def op_histogram(path: Path) -> dict[str, int]:

@@ -32,9 +32,16 @@ from .base import (
     remove_path,
     tool_versions,
 )
-from .compare import THRESHOLDS_DB, accuracy, compare
+from .compare import THRESHOLDS_DB, accuracy, compare, sqnr_db
 
 SIDECAR_FORMAT = "mobilevits-artifact/1"
+
+# Per-op SQNR (dB) below which ``check --layers`` calls an op divergent. fp32 and fp16 use the output
+# thresholds. Intermediate tensors of int8 and w8 programs legitimately sit lower than the logits: a value
+# on a rounding boundary requantises one step apart when the summation order or precision differs, and
+# small tensors make that step large relative to the signal; a real fault (a wrong constant, a misread
+# layout) shows as 0 dB or below.
+LAYER_TOLERANCES_DB = {"fp32": 60.0, "fp16": 35.0, "w8": 25.0, "int8": 20.0}
 
 
 def _backends() -> dict[str, type[Converter]]:
@@ -395,12 +402,18 @@ def check_artifact(
     limit: int | None = None,
     threads: int = 1,
     show_progress: bool = True,
+    layers: bool = False,
 ) -> dict[str, Any]:
     """Run an artifact and its rebuilt PyTorch source on the same images and compare them.
 
     int8 artifacts are compared with the quantised PyTorch model (the pass criterion) and with the
-    float model (reported). Off macOS a Core ML package is validated structurally only, and the
-    result says so. The result is also stored in the artifact's sidecar.
+    float model (reported). A Core ML package is executed by the NumPy MIL executor
+    (``converters.mil_executor``) on every host, after its structural validation; on macOS
+    ``MLModel.predict`` runs as well and both are reported (``coreml_predict``,
+    ``executor_vs_coreml_sqnr_db``) and must both pass. ``layers`` (Core ML only) compares every op
+    output with the PyTorch graph on the first image and names the first below the precision's per-op
+    tolerance (``LAYER_TOLERANCES_DB``). An op the executor does not implement fails the check with the
+    op's name and the package's op histogram. The result is also stored in the artifact's sidecar.
     """
     artifact = Path(artifact)
     meta = read_sidecar(artifact)
@@ -423,18 +436,21 @@ def check_artifact(
     ok, why = conv.runtime_availability()
     if meta["backend"] == "executorch" and meta.get("delegate") == "coreml":
         ok, why = False, "an ExecuTorch program with the Core ML delegate runs only on Apple devices"
-    if not ok:
-        problems = conv.validate(artifact, tuple(meta["input"]["shape"]), meta["source"]["num_classes"]) \
-            if hasattr(conv, "validate") else []
+    # Core ML packages run everywhere through the NumPy MIL executor (it needs coremltools only to read them).
+    mil = meta["backend"] == "coreml" and conv.availability()[0]
+    if layers and not mil:
+        result["layers_note"] = "per-layer comparison is available for Core ML packages (NumPy MIL executor) only"
+    problems = conv.validate(artifact, tuple(meta["input"]["shape"]), meta["source"]["num_classes"]) \
+        if hasattr(conv, "validate") and (mil or not ok) else []
+    structural = ("structural validation passed (loads; input/output names, shapes and types as declared; "
+                  "ML program ops present)" if not problems else "structural validation FAILED: " + "; ".join(problems))
+    if not ok and not mil:
         result["passed"] = not problems
-        result["note"] = (f"numerics not run: {why}. Structural validation "
-                          + ("passed (loads; input/output names, shapes and types as declared; ML program ops "
-                             "present)" if not problems else "FAILED: " + "; ".join(problems)))
+        result["note"] = f"numerics not run: {why}. {structural[0].upper()}{structural[1:]}"
         result["runtime"] = f"{conv.name} (structural)"
         _store_check(artifact, meta, result)
         return result
 
-    out = conv.run(artifact, x.numpy(), threads=threads)
     ref = ref_float
     qref = quantized_reference(meta, src) if precision == "int8" else None
     if qref is not None:
@@ -443,6 +459,25 @@ def check_artifact(
         result["reference"] = "quantised PyTorch model (after convert_pt2e)"
     elif precision == "int8":
         result["note"] = "no quantised reference recorded: compared with the float model"
+
+    if mil:
+        from .mil_executor import UnsupportedOpError, load_mlpackage
+
+        result["runtime"] = "coreml (numpy MIL executor)"
+        try:
+            program = load_mlpackage(artifact)
+            out = _run_mil(program, conv, x.numpy())
+        except UnsupportedOpError as e:
+            result["note"] = f"{e}. {structural}"
+            result["error"] = {"unsupported_op": e.op_type, "at": e.op_name, "op_histogram": e.histogram}
+            _store_check(artifact, meta, result)
+            return result
+        mil_note = ("numerics from the NumPy reference executor of the ML program (fp16 ops stored in fp16 with "
+                    "fp32 accumulation, rounded after each op), not from Core ML" if not ok else
+                    "numerics from the NumPy reference executor and from Core ML (MLModel.predict, CPU only); "
+                    "both must pass")
+    else:
+        out = conv.run(artifact, x.numpy(), threads=threads)
     result.update(compare(ref, out))
     result["sqnr_vs_float_db"] = compare(ref_float, out)["sqnr_db"]
     if ds.labels is not None:
@@ -451,16 +486,87 @@ def check_artifact(
         if qref is not None:
             result["accuracy"]["pytorch_quantized"] = accuracy(ref, labels)
     result["passed"] = bool(result["sqnr_db"] >= threshold)
+    if mil:
+        result["passed"] = result["passed"] and not problems
+        if ok:  # macOS: Core ML itself, so the executor is checked against it wherever a Mac runs this
+            predicted = conv.run(artifact, x.numpy(), threads=threads)
+            result["coreml_predict"] = {**compare(ref, predicted), "sqnr_vs_float_db": compare(ref_float, predicted)
+                                        ["sqnr_db"]}
+            result["coreml_predict"]["passed"] = bool(result["coreml_predict"]["sqnr_db"] >= threshold)
+            result["executor_vs_coreml_sqnr_db"] = sqnr_db(predicted, out)
+            result["passed"] = result["passed"] and result["coreml_predict"]["passed"]
+            result["runtime"] = "coreml (numpy MIL executor + MLModel.predict)"
+        if layers:
+            example = qref if qref is not None else src
+            result.update(_layer_report(program, example, x[:1], tuple(meta["input"]["shape"]),
+                                        LAYER_TOLERANCES_DB[precision]))
     if not result["note"]:
         result["note"] = (f"{len(x)} images from {ds.source}; pass: SQNR >= {threshold:g} dB vs the "
                           f"{result['reference']}")
+    if mil:
+        result["note"] += f"; {mil_note}; {structural}"
     _store_check(artifact, meta, result)
     return result
 
 
+def _run_mil(program: Any, conv: Converter, x: np.ndarray) -> np.ndarray:
+    """Run a loaded ML program image by image (its input shape is fixed at batch 1)."""
+    in_name, out_name = conv.io_names()
+    return np.concatenate([np.asarray(program.run({in_name: x[i:i + 1].astype(np.float32)})[out_name],
+                                      dtype=np.float32) for i in range(x.shape[0])])
+
+
+def torch_node_outputs(module: torch.nn.Module, x: torch.Tensor, input_shape: tuple[int, ...]
+                       ) -> dict[str, np.ndarray]:
+    """Every tensor a module's exported graph computes on ``x``, by fx node name.
+
+    The graph is exported exactly as for conversion (``torch.export`` at ``input_shape``, then the
+    inference decompositions coremltools requires), so node names are the ones coremltools gave the
+    ML program's variables.
+    """
+    with quiet():
+        ep = torch.export.export(module, (torch.zeros(input_shape),)).run_decompositions({})
+    captured: dict[str, np.ndarray] = {}
+
+    class _Capture(torch.fx.Interpreter):
+        def run_node(self, n: torch.fx.Node) -> Any:
+            value = super().run_node(n)
+            if n.op == "call_function" and isinstance(value, torch.Tensor):
+                captured[n.name] = value.detach().float().numpy()
+            return value
+
+    with torch.no_grad(), quiet():
+        # contiguous like the export example: the decomposed graph's views assume its strides
+        _Capture(ep.module()).run(x.contiguous())
+    return captured
+
+
+def _layer_report(program: Any, module: torch.nn.Module, x: torch.Tensor, input_shape: tuple[int, ...],
+                  tolerance_db: float) -> dict[str, Any]:
+    """``layers`` / ``first_divergence`` / ``layers_note`` of a Core ML check (first image only)."""
+    from .mil_executor import compare_layers
+
+    in_name, _ = get_converter("coreml").io_names()
+    _, captured = program.run({in_name: x.numpy().astype(np.float32)}, capture=True)
+    reference = torch_node_outputs(module, x, input_shape)
+    rep = compare_layers(program, captured, reference, tolerance_db)
+    rescaled = sum(r["status"] == "rescaled" for r in rep["layers"])
+    note = (f"per-op SQNR on the first image: {rep['compared']} of {rep['total']} op outputs matched a PyTorch "
+            f"node by name and shape (the rest were created, fused or re-laid out by coremltools)")
+    if rescaled:
+        note += f"; {rescaled} quantised add/sub match up to a constant factor (coremltools' scale normalisation)"
+    benign = {k: sum(r["status"] == k for r in rep["layers"]) for k in ("rounding", "cancellation")}
+    if any(benign.values()):
+        note += ("; below tolerance but not divergent: " + ", ".join(f"{v} {k}" for k, v in benign.items() if v)
+                 + " (int8 one-step rounding flips; outputs much smaller than their inputs)")
+    return {"layers": rep["layers"], "first_divergence": rep["first_divergence"], "layers_note": note,
+            "layers_tolerance_db": tolerance_db, "layers_unmatched": rep["unmatched"]}
+
+
 def _store_check(artifact: Path, meta: dict[str, Any], result: dict[str, Any]) -> None:
     meta = dict(meta)
-    meta["check"] = {k: v for k, v in result.items() if k != "artifact"}
+    # the per-op table stays out of the sidecar (hundreds of rows); first_divergence is kept
+    meta["check"] = {k: v for k, v in result.items() if k not in ("artifact", "layers", "layers_unmatched")}
     write_sidecar(artifact, meta)
 
 

@@ -2,7 +2,7 @@
 
     mobilevits list [--resolution R] [--json]
     mobilevits convert MODEL --to {executorch,coreml,tflite} [--precision P] [--resolution R] ...
-    mobilevits check ARTIFACT [--data photos|digits|DIR] [--json]
+    mobilevits check ARTIFACT [--data photos|digits|DIR] [--layers] [--json]
     mobilevits demo
     mobilevits export-app-assets ARTIFACT... --to {android_demo,ios_demo} [--labels FILE] [--json]
     mobilevits bench [ARTIFACT...] [--models M,...] [--runtime R] [--device host|adb[:SERIAL]|ios[:UDID]] [--json]
@@ -85,8 +85,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     from .report import to_json
 
     result = check_artifact(args.artifact, data=args.data, limit=args.limit, threads=args.threads,
-                            show_progress=not args.json)
-    print(to_json(result) if args.json else _describe_check(result))
+                            show_progress=not args.json, layers=args.layers)
+    if args.json:
+        print(to_json(result))
+    else:
+        print(_describe_check(result))
+        if args.layers:
+            print(_describe_layers(result))
     return 0 if result["passed"] else EXIT_FAILED
 
 
@@ -198,11 +203,53 @@ def _describe_check(c: dict[str, Any], indent: str = "") -> str:
              f"{100 * c['top1_agreement']:.1f}%, top-5 agreement {100 * c['top5_agreement']:.1f}%"]
     if c.get("sqnr_vs_float_db") is not None and c["precision"] == "int8":
         parts.append(f"SQNR vs float model {c['sqnr_vs_float_db']:.1f} dB")
+    if c.get("coreml_predict"):  # macOS: Core ML itself next to the NumPy MIL executor
+        p = c["coreml_predict"]
+        parts.append(f"Core ML (MLModel.predict): {'PASS' if p['passed'] else 'FAIL'} SQNR {_db(p['sqnr_db'])} dB, "
+                     f"top-1 agreement {100 * p['top1_agreement']:.1f}%; executor vs Core ML "
+                     f"{_db(c.get('executor_vs_coreml_sqnr_db'))} dB")
     if c.get("accuracy"):
         parts.append("accuracy " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in c["accuracy"].items()))
     parts.append(c["note"])
     pad = " " * len(indent)
     return ("\n" + pad).join(parts)
+
+
+def _db(v: Any) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, str):
+        return v
+    return "inf" if v == float("inf") else "-inf" if v == float("-inf") else f"{v:.1f}"
+
+
+def _describe_layers(c: dict[str, Any], head: int = 8, around: int = 3, tail: int = 4) -> str:
+    """The first diverging op and a short per-op SQNR table (start, around the divergence, end)."""
+    if "layers" not in c:
+        return "layers: " + c.get("layers_note", "no per-layer comparison for this artifact")
+    rows, first = c["layers"], c.get("first_divergence")
+    tol = c.get("layers_tolerance_db", c["threshold_db"])
+    if first:
+        lines = [f"first divergence: op {first['op']!r} ({first['type']}, output {first['output']} "
+                 f"{first['shape']}) SQNR {_db(first['sqnr_db'])} dB < tolerance {tol:g} dB ({first['status']})"]
+    else:
+        lines = [f"first divergence: none (every compared op within {tol:g} dB)"]
+    lines.append(c.get("layers_note", ""))
+    show = set(range(min(head, len(rows)))) | set(range(max(0, len(rows) - tail), len(rows)))
+    if first:
+        k = rows.index(first)
+        show |= set(range(max(0, k - around), min(len(rows), k + around + 1)))
+    lines.append(f"{'#':>5}  {'op type':<22} {'output':<40} {'SQNR dB':>8}  status")
+    last = -1
+    for i in sorted(show):
+        if i != last + 1:
+            lines.append(f"{'...':>5}")
+        r = rows[i]
+        mark = " <--" if r is first else ""
+        lines.append(f"{r['index']:>5}  {r['type']:<22} {r['output'][:40]:<40} {_db(r['sqnr_db']):>8}  "
+                     f"{r['status']}{mark}")
+        last = i
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------
@@ -249,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", default="photos", help="photos (default), digits, or a folder / ImageFolder")
     s.add_argument("--limit", type=_positive_int, help="use at most this many images")
     s.add_argument("--threads", type=_positive_int, default=1)
+    s.add_argument("--layers", action="store_true",
+                   help="Core ML: compare every op with the PyTorch graph and name the first that diverges")
     s.add_argument("--json", action="store_true", help="print one JSON object for machines")
     s.set_defaults(func=cmd_check)
 
