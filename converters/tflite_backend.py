@@ -36,6 +36,22 @@ class TFLiteConverter(Converter):
         q = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=qat))
         return keep_float(q)
 
+    def preflight(self, program: torch.export.ExportedProgram, precision: str) -> list[str]:
+        reasons = super().preflight(program, precision)
+        for node in program.graph.nodes:
+            if node.op != "call_function" or node.target is not torch.ops.aten.linear.default:
+                continue
+            val = node.args[0].meta.get("val")
+            # litert-torch 0.10 bug, measured: a linear over (1, n, 1, C) (rank >= 4, leading and
+            # second-to-last dims 1) fails in its MLIR passes with "'tfl.batch_matmul' op found invalid
+            # output rank, expected 3 but got 4"; (2, n, 1, C) and (1, n, 2, C) convert.
+            if isinstance(val, torch.Tensor) and val.dim() >= 4 and val.shape[0] == 1 and val.shape[-2] == 1:
+                reasons.append(f"linear {node.name!r} takes a rank-{val.dim()} input of shape {tuple(val.shape)}, "
+                               "which litert-torch 0.10 cannot convert (tfl.batch_matmul rank error); write that "
+                               "linear over a rank-3 input (drop the size-1 axis) in the model")
+                break
+        return reasons
+
     def lower(self, program: torch.export.ExportedProgram, precision: str, path: Path, quantized: bool,
               quantizer: Any = None, module: torch.nn.Module | None = None, **options: Any) -> Delegation:
         import litert_torch

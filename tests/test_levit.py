@@ -93,11 +93,11 @@ def test_bias_tables_resized_when_loading_weights_of_another_resolution(tmp_path
         assert dst(torch.randn(1, 3, 256, 256)).shape == (1, 10)
 
 
-@pytest.mark.parametrize("res", [14, 7, 5, 16])
+@pytest.mark.parametrize("res", [14, 7, 5, 16, 1, 2])
 def test_subsample_equals_step2_slice(res):
     x = torch.randn(2, res * res, 6)
     expected = x.reshape(2, res, res, 6)[:, ::2, ::2].reshape(2, -1, 6)
-    out = subsample_tokens(x, res)
+    out = subsample_tokens(x, res, torch.ones(6, 1, 1, 1))
     assert out.shape == (2, ((res + 1) // 2) ** 2, 6)  # 14 -> 7, 7 -> 4, 5 -> 3
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
 

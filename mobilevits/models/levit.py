@@ -15,8 +15,9 @@ Deployment choices (see ``models.md`` section 4 and the ExecuTorch notes in ``la
   weights and in ``fuse()``, is used instead, so exported graphs hold a constant and no gather.
   Edit the tables in place in eval mode (``rerandomize_`` does) and you must call ``.eval()`` again.
   The dense copies grow with the token count squared: 1.8 MB for levit_128s at 224, 48 MB at 512.
-* The shrink blocks subsample queries with a 1x1 average pool of stride 2 on the token map, which
-  picks exactly the tokens ``x[:, ::2, ::2]`` would, without a step-2 slice.
+* The shrink blocks subsample queries with a depthwise 1x1 stride-2 convolution of unit weights,
+  which picks exactly the tokens ``x[:, ::2, ::2]`` would, without a step-2 slice or a strided
+  1x1 pool (see :func:`subsample_tokens`).
 """
 
 from __future__ import annotations
@@ -74,15 +75,19 @@ def attention_bias_index(res: int, stride: int = 1) -> torch.Tensor:
     return idx.reshape(len(q) ** 2, res * res)
 
 
-def subsample_tokens(x: torch.Tensor, res: int) -> torch.Tensor:
+def subsample_tokens(x: torch.Tensor, res: int, ones: torch.Tensor) -> torch.Tensor:
     """Tokens (B, res*res, C) of a row-major grid -> the tokens at even rows and columns (B, ceil(res/2)^2, C).
 
-    Equals ``x.reshape(B, res, res, C)[:, ::2, ::2]`` (14 -> 7, 7 -> 4), written as a 1x1 average pool
-    of stride 2 on the (B, C, res, res) map because XNNPACK takes no step-2 slice.
+    Equals ``x.reshape(B, res, res, C)[:, ::2, ::2]`` (14 -> 7, 7 -> 4). Written as a depthwise 1x1
+    convolution of stride 2 with unit weights ``ones`` (C, 1, 1, 1), the one form every target
+    delegates: ExecuTorch's XNNPACK takes no step-2 slice; LiteRT's XNNPACK takes no 1x1 stride-2
+    pool; a zero pad to an even side fails in ExecuTorch's quantised XNNPACK ("Failed to create
+    StaticConstantPad node"), and a concat of the odd row breaks its quantised slices. The unit
+    weights are exact in int8 (per-channel scale 1/127), and the cost is C MACs per output token.
     """
     B, N, C = x.shape
     m = x.transpose(1, 2).reshape(B, C, res, res)
-    m = F.avg_pool2d(m, kernel_size=1, stride=2)  # (B, C, ceil(res/2), ceil(res/2))
+    m = F.conv2d(m, ones, stride=2, groups=C)  # (B, C, ceil(res/2), ceil(res/2))
     return m.flatten(2).transpose(1, 2)
 
 
@@ -203,9 +208,11 @@ class AttentionDownsample(BiasedAttention):
         self.v = LinearNorm(in_dim, num_heads * val_dim)
         self.act = nn.Hardswish()
         self.proj = LinearNorm(num_heads * val_dim, out_dim)
+        self.subsample_weight: torch.Tensor
+        self.register_buffer("subsample_weight", torch.ones(in_dim, 1, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q = self.q(subsample_tokens(x, self.res))  # (B, N/4, h*D)
+        q = self.q(subsample_tokens(x, self.res, self.subsample_weight))  # (B, N/4, h*D)
         return self.proj(self.act(self._attend(q, self.k(x), self.v(x))))  # (B, N/4, C_out)
 
 

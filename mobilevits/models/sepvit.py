@@ -172,9 +172,11 @@ class SeparableAttention(nn.Module):
         """Attention among windows: (B, n_win, 1 + ws*ws, C) DSA output -> features (B, n_win, ws*ws, C)."""
         B, n, T, C = x.shape
         h, hd, L = self.num_heads, self.head_dim, T - 1
-        tokens = self.wt_act(self.wt_norm(x[:, :, :1, :]))  # (B, n, 1, C)
+        # Tokens as (B, n, C), not (B, n, 1, C): litert-torch 0.10 fails on a linear over a rank-4 input
+        # of shape (1, n, 1, C) ("'tfl.batch_matmul' op found invalid output rank, expected 3 but got 4").
+        tokens = self.wt_act(self.wt_norm(x[:, :, :1, :].reshape(B, n, C)))  # (B, n, C); a select is not delegated
         feats = x[:, :, 1:, :]  # (B, n, L, C)
-        # (B, n, 1, C) -> (B, n, h, hd) -> (B, h, n, hd) -> (B*h, n, hd)
+        # (B, n, C) -> (B, n, h, hd) -> (B, h, n, hd) -> (B*h, n, hd)
         q = (self.psa_q(tokens) * self.scale).reshape(B, n, h, hd).transpose(1, 2).reshape(-1, n, hd)
         k = self.psa_k(tokens).reshape(B, n, h, hd).transpose(1, 2).reshape(-1, n, hd)
         attn = self.psa_attn_drop(torch.bmm(q, k.transpose(1, 2)).softmax(dim=-1))  # (B*h, n, n)
