@@ -258,31 +258,54 @@ def _artifact_cells(artifacts: Sequence[str | Path], runtimes: list[str]) -> lis
     return cells
 
 
-def _model_cells(models: list[str], resolutions: list[int | None], runtimes: list[str], precision: str,
-                 out: Path, log: Callable[[str], None]) -> list[dict[str, Any]]:
+def _reusable(model: str, resolution: int, runtime: str, precision: str, out: Path) -> Path | None:
+    """An artifact in ``out`` built from the same random-init source with the same tool versions, if any."""
+    from converters import get_converter
+    from converters.base import tool_versions
+    from converters.pipeline import artifact_stem, read_sidecar
+
+    path = out / f"{artifact_stem(model, resolution, runtime, precision)}{get_converter(runtime).suffix}"
+    try:
+        meta = read_sidecar(path)
+    except (OSError, ValueError):
+        return None
+    src = meta.get("source", {})
+    same = (src.get("name") == model and src.get("resolution") == resolution and not src.get("weights")
+            and not src.get("overrides") and src.get("seed") == 0 and meta.get("precision") == precision
+            and (meta.get("quantization") or {}).get("source") in (None, "ptq")
+            and meta.get("tool_versions") == tool_versions())
+    return path if same else None
+
+
+def _model_cells(pairs: list[tuple[str, int | None]], runtimes: list[str], precision: str,
+                 out: Path, log: Callable[[str], None], reuse: bool = False) -> list[dict[str, Any]]:
     import mobilevits
     from converters import convert
 
     cells = []
-    for model in models:
+    for model, res in pairs:
         info = mobilevits.get_model_info(model)
-        for res in resolutions:
-            r = info.default_resolution if res is None else int(res)
-            info.check_resolution(r)
-            for rt in runtimes:
-                if rt == "torch":
-                    if precision != "fp32":
-                        raise ValueError(f"runtime torch is the fp32 eager reference; got --precision {precision}")
-                    source = {"name": model, "num_classes": 1000, "resolution": r, "seed": 0, "weights": None,
-                              "normalize_in_model": True}
-                    cells.append({"model": model, "resolution": r, "runtime": "torch", "delegate": None,
-                                  "precision": "fp32", "artifact": None, "source": source,
-                                  "input_shape": [1, 3, r, r]})
-                    continue
-                log(f"building {model} @{r} for {rt} {precision} ...")
-                built = convert(model, to=rt, precision=precision, resolution=r, out=out, check=False,
-                                show_progress=False)
-                cells += _artifact_cells([built["artifact"]], [rt])
+        r = info.default_resolution if res is None else int(res)
+        info.check_resolution(r)
+        for rt in runtimes:
+            if rt == "torch":
+                if precision != "fp32":
+                    raise ValueError(f"runtime torch is the fp32 eager reference; got --precision {precision}")
+                source = {"name": model, "num_classes": 1000, "resolution": r, "seed": 0, "weights": None,
+                          "normalize_in_model": True}
+                cells.append({"model": model, "resolution": r, "runtime": "torch", "delegate": None,
+                              "precision": "fp32", "artifact": None, "source": source,
+                              "input_shape": [1, 3, r, r]})
+                continue
+            found = _reusable(model, r, rt, precision, out) if reuse else None
+            if found is not None:
+                log(f"reusing {found.name}")
+                cells += _artifact_cells([found], [rt])
+                continue
+            log(f"building {model} @{r} for {rt} {precision} ...")
+            built = convert(model, to=rt, precision=precision, resolution=r, out=out, check=False,
+                            show_progress=False)
+            cells += _artifact_cells([built["artifact"]], [rt])
     return cells
 
 
@@ -341,6 +364,8 @@ def bench(
     app: bool = False,
     xctestrun: str | None = None,
     log: Callable[[str], None] | None = None,
+    pairs: Sequence[tuple[str, int]] | None = None,
+    reuse: bool = False,
 ) -> dict[str, Any]:
     """Time every cell and return ``{"environment", "device", "settings", "order", "cells"}``.
 
@@ -358,6 +383,9 @@ def bench(
             $MOBILEVITS_BENCHMARK_MODEL); ``cpu_mask``: taskset mask (e.g. ``f0`` for big cores).
         app: on adb, use the android_demo bench mode instead of the CLI binaries.
         xctestrun: on iOS, the ``.xctestrun`` from ``xcodebuild build-for-testing`` of ios_demo.
+        pairs: (model, resolution) cells to build instead of the models x resolutions product.
+        reuse: take an artifact already in ``out`` when its sidecar says it was built from the same
+            random-init source with the same tool versions (rebuild after changing model code).
     """
     log = log or (lambda msg: None)
     if warmup < 0 or iterations < 1:
@@ -368,6 +396,10 @@ def bench(
         raise ValueError(f"unknown runtime {bad[0]!r}; choose from {', '.join(RUNTIMES)}")
     model_list = _split(models)
     res_list: list[int | None] = [int(r) for r in _split(resolutions)] or [None]
+    pair_list: list[tuple[str, int | None]] = [(m, r) for m in model_list for r in res_list]
+    if pairs:
+        pair_list += [(m, int(r)) for m, r in pairs]
+        model_list = sorted({m for m, _ in pair_list})
     if not artifacts and not model_list:
         raise ValueError("give artifacts to time, or --models to build")
     if model_list and not runtimes:
@@ -397,7 +429,7 @@ def bench(
                                benchmark_model)
     if kind == "host" and any(c["runtime"] == "coreml" for c in base_cells):
         _host_coreml_check()
-    base_cells += _model_cells(model_list, res_list, runtimes, precision, out, log)
+    base_cells += _model_cells(pair_list, runtimes, precision, out, log, reuse)
     cells = []
     for c in base_cells:
         for t in thread_list:

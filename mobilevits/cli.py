@@ -6,6 +6,7 @@
     mobilevits demo
     mobilevits export-app-assets ARTIFACT... --to {android_demo,ios_demo} [--labels FILE] [--json]
     mobilevits bench [ARTIFACT...] [--models M,...] [--runtime R] [--device host|adb[:SERIAL]|ios[:UDID]] [--json]
+    mobilevits findings [--runtime executorch,tflite] [--device host|adb[:SERIAL]|ios[:UDID]] [--json]
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 EXIT_BAD_INPUT = 2
@@ -150,6 +152,39 @@ def cmd_bench(args: argparse.Namespace) -> int:
                    xctestrun=args.xctestrun, log=_logger(args.json))
     print(to_json(result) if args.json else format_table(result))
     return 0
+
+
+def cmd_findings(args: argparse.Namespace) -> int:
+    import json
+
+    from .findings import findings, format_findings
+    from .report import to_json
+
+    extra = {k: v for k, v in (("executor_runner", args.executor_runner), ("benchmark_model", args.benchmark_model),
+                               ("cpu_mask", args.cpu_mask), ("app", args.app), ("xctestrun", args.xctestrun)) if v}
+    result = findings(runtime=args.runtime, device=args.device, precision=args.precision, threads=args.threads,
+                      warmup=args.warmup, iterations=args.iterations, cooldown=args.cooldown, seed=args.seed,
+                      out=args.out, reuse=not args.rebuild, plot=args.plot, log=_logger(args.json), **extra)
+    out = Path(args.out)
+    tmp = out / ".findings.json.partial"
+    tmp.write_text(json.dumps(result, indent=2, default=str))
+    tmp.replace(out / "findings.json")  # a killed run never leaves half a file
+    if args.json:
+        print(to_json(result["findings"]))
+    else:
+        print(format_findings(result))
+        print(f"(full results with raw samples: {out / 'findings.json'}"
+              + (f"; plot: {args.plot}" if args.plot else "") + ")")
+    return 0
+
+
+def _add_device_tool_options(s: argparse.ArgumentParser) -> None:
+    """Where the phone-side tools are (bench and findings share them)."""
+    s.add_argument("--executor-runner", help="adb: ExecuTorch executor_runner binary ($MOBILEVITS_EXECUTOR_RUNNER)")
+    s.add_argument("--benchmark-model", help="adb: LiteRT benchmark_model binary ($MOBILEVITS_BENCHMARK_MODEL)")
+    s.add_argument("--cpu-mask", help="adb: taskset CPU mask for the binaries, e.g. f0 for the big cores")
+    s.add_argument("--app", action="store_true", help="adb: time with the android_demo bench mode instead")
+    s.add_argument("--xctestrun", help="ios: the .xctestrun from `xcodebuild build-for-testing` of ios_demo")
 
 
 def _int_list(value: str) -> list[int]:
@@ -353,13 +388,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="out/bench", help="folder for built artifacts (default: out/bench)")
     s.add_argument("--csv", help="write one CSV row per cell here")
     s.add_argument("--plot", help="write a PNG of latency vs resolution here")
-    s.add_argument("--executor-runner", help="adb: ExecuTorch executor_runner binary ($MOBILEVITS_EXECUTOR_RUNNER)")
-    s.add_argument("--benchmark-model", help="adb: LiteRT benchmark_model binary ($MOBILEVITS_BENCHMARK_MODEL)")
-    s.add_argument("--cpu-mask", help="adb: taskset CPU mask for the binaries, e.g. f0 for the big cores")
-    s.add_argument("--app", action="store_true", help="adb: time with the android_demo bench mode instead")
-    s.add_argument("--xctestrun", help="ios: the .xctestrun from `xcodebuild build-for-testing` of ios_demo")
+    _add_device_tool_options(s)
     s.add_argument("--json", action="store_true", help="print one JSON object for machines")
     s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("findings", help="the papers' resolution-vs-speed findings, reproduced yes/no per runtime")
+    s.add_argument("--runtime", default="executorch", help="comma list of executorch, tflite, torch, coreml "
+                                                           "(default executorch)")
+    s.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8", "w8"])
+    s.add_argument("--device", default="host", help="host (default), adb[:SERIAL] or ios[:UDID]")
+    s.add_argument("--threads", type=_positive_int, default=1, help="threads per cell (default 1, as the papers)")
+    s.add_argument("--warmup", type=int, default=5, help="untimed runs per cell (default 5)")
+    s.add_argument("--iterations", type=_positive_int, default=20, help="timed runs per cell (default 20)")
+    s.add_argument("--cooldown", type=float, default=0.5, help="seconds between cells (default 0.5)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the random cell order and input")
+    s.add_argument("--out", default="out/findings", help="folder for artifacts and findings.json")
+    s.add_argument("--rebuild", action="store_true", help="convert again even when --out holds matching artifacts")
+    s.add_argument("--plot", help="write a PNG of latency vs resolution here")
+    _add_device_tool_options(s)
+    s.add_argument("--json", action="store_true", help="print a JSON list, one object per finding and runtime")
+    s.set_defaults(func=cmd_findings)
 
     s = sub.add_parser("demo", help="the main job on embedded defaults (what `make demo` runs)")
     s.add_argument("--out", default="out/demo")
