@@ -146,6 +146,11 @@ def keep_float(quantizer: Any) -> Any:
     from mobilevits.layers import LayerNorm
 
     quantizer.set_module_type(LayerNorm, None)
+    if type(quantizer).__module__.startswith("litert_torch"):
+        # litert-torch 0.10 matches module types with `tp in types` over nn_module_stack, where
+        # torch.export records qualified-name strings, so the class alone never matches and LayerNorm
+        # was quantised anyway (QAT then broke: 9 int8 ADDs outside XNNPACK, 9 dB). Give the name too.
+        quantizer.set_module_type(f"{LayerNorm.__module__}.{LayerNorm.__qualname__}", None)
     return quantizer
 
 

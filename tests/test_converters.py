@@ -127,6 +127,36 @@ def test_tflite_preflight_names_the_linear_litert_cannot_convert():
     assert not [r for r in conv.preflight(good, "fp32") if "linear" in r]
 
 
+@pytest.mark.parametrize("to", ["executorch", "tflite"])
+@pytest.mark.parametrize("qat", [False, True])
+def test_layernorm_internals_stay_float_with_every_quantizer(to, qat):
+    # rsqrt of an int8-quantised variance overflows; both quantizers must leave LayerNorm's ops alone
+    # (litert-torch matched module types by class only, which never matched torch.export's names)
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e, prepare_qat_pt2e
+
+    from mobilevits.layers import LayerNorm
+
+    class Block(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(8, 8)
+            self.norm = LayerNorm(8)
+
+        def forward(self, x):
+            return self.fc(self.norm(self.fc(x)))
+
+    gm = torch.export.export(Block().eval(), (torch.randn(2, 4, 8),)).module()
+    quantizer = get_converter(to).quantizer("int8", qat=qat)
+    prepared = (prepare_qat_pt2e if qat else prepare_pt2e)(gm, quantizer)
+    observed = [n for n in prepared.graph.nodes if n.op == "call_module"]
+    rsqrt = [n for n in prepared.graph.nodes if n.target is torch.ops.aten.rsqrt.default]
+    assert rsqrt and observed  # the linears are quantised...
+    for n in rsqrt:  # ...but nothing between the LayerNorm's input and output is observed
+        add = n.args[0]
+        assert all(a.op != "call_module" for a in add.args if isinstance(a, torch.fx.Node)), add.args
+        assert all(u.op != "call_module" for u in n.users)
+
+
 def test_unknown_precision_for_backend(tmp_path):
     with pytest.raises(UnsupportedError, match="tflite does not support precision 'fp16'"):
         convert("mobilenetv3_tiny", to="tflite", precision="fp16", out=tmp_path)
