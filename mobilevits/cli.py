@@ -164,7 +164,8 @@ def cmd_findings(args: argparse.Namespace) -> int:
                                ("cpu_mask", args.cpu_mask), ("app", args.app), ("xctestrun", args.xctestrun)) if v}
     result = findings(runtime=args.runtime, device=args.device, precision=args.precision, threads=args.threads,
                       warmup=args.warmup, iterations=args.iterations, cooldown=args.cooldown, seed=args.seed,
-                      out=args.out, reuse=not args.rebuild, plot=args.plot, log=_logger(args.json), **extra)
+                      out=args.out, reuse=not args.rebuild, plot=args.plot, repeats=args.repeats,
+                      log=_logger(args.json), **extra)
     out = Path(args.out)
     tmp = out / ".findings.json.partial"
     tmp.write_text(json.dumps(result, indent=2, default=str))
@@ -404,6 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="seed of the random cell order and input")
     s.add_argument("--out", default="out/findings", help="folder for artifacts and findings.json")
     s.add_argument("--rebuild", action="store_true", help="convert again even when --out holds matching artifacts")
+    s.add_argument("--repeats", type=_positive_int, default=3,
+                   help="sessions of the whole sweep; a cell's latency is the median of session medians (default 3)")
     s.add_argument("--plot", help="write a PNG of latency vs resolution here")
     _add_device_tool_options(s)
     s.add_argument("--json", action="store_true", help="print a JSON list, one object per finding and runtime")

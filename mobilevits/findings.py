@@ -278,6 +278,7 @@ def findings(
     out: str | Path = "out/findings",
     reuse: bool = True,
     plot: str | Path | None = None,
+    repeats: int = 3,
     roles: dict[str, str] | None = None,
     mf_resolutions: Sequence[int] = MF_RESOLUTIONS,
     sweep_resolutions: Sequence[int] = SWEEP_RESOLUTIONS,
@@ -287,22 +288,61 @@ def findings(
     """Run the sweep on ``device`` for each runtime and judge every finding.
 
     Returns ``{"findings": [...], "bench": <bench result>}``; each finding has ``id``, ``claim``,
-    ``runtime``, ``measured`` and ``reproduced``. ``reuse`` takes artifacts already in ``out`` that
-    were built from the same source with the same tool versions. Extra keyword arguments go to
-    :func:`mobilevits.bench.bench` (adb/iOS tool paths, ``cpu_mask``...).
+    ``runtime``, ``measured`` and ``reproduced``. The sweep runs ``repeats`` times (sessions, each
+    in its own random order); a cell's latency is the median of its session medians, which keeps a
+    burst of load on a shared machine from deciding a finding. ``reuse`` takes artifacts already in
+    ``out`` that were built from the same source with the same tool versions. Extra keyword
+    arguments go to :func:`mobilevits.bench.bench` (adb/iOS tool paths, ``cpu_mask``...).
     """
-    from .bench import bench
+    from .bench import bench, write_plot
 
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
     runtimes = [runtime] if isinstance(runtime, str) else list(runtime)
     runtimes = [r for part in runtimes for r in part.split(",") if r]
     pairs = plan(roles, mf_resolutions, sweep_resolutions)
-    result = bench(pairs=pairs, runtime=runtimes, precision=precision, device=device, threads=(threads,),
-                   warmup=warmup, iterations=iterations, cooldown=cooldown, seed=seed, out=out, reuse=reuse,
-                   plot=plot, log=log, **bench_options)
+    sessions = []
+    for k in range(repeats):
+        if log and repeats > 1:
+            log(f"session {k + 1}/{repeats}")
+        sessions.append(bench(pairs=pairs, runtime=runtimes, precision=precision, device=device,
+                              threads=(threads,), warmup=warmup, iterations=iterations, cooldown=cooldown,
+                              seed=seed + k, out=out, reuse=reuse or k > 0, log=log, **bench_options))
+    result = merge_sessions(sessions)
+    if plot:
+        write_plot(result, plot)
+        result["plot"] = str(plot)
     macs = _macs if roles is None else None  # MAC split for the real models only (tests use tiny stand-ins)
     found = [f for rt in runtimes for f in evaluate(result, rt, roles, mf_resolutions, sweep_resolutions,
                                                     threads, macs)]
     return {"findings": found, "bench": result}
+
+
+def merge_sessions(sessions: list[dict[str, Any]]) -> dict[str, Any]:
+    """One bench result from several sessions of the same cells.
+
+    A cell's ``stats.median_ms`` becomes the median of its session medians (``session_medians_ms``);
+    its raw samples are concatenated in session order and the other statistics recomputed over them.
+    """
+    from .bench import statistics
+
+    first = sessions[0]
+    if len(sessions) == 1:
+        return first
+    merged_cells = []
+    for cell in first["cells"]:
+        same = [c for s in sessions for c in s["cells"] if c["id"] == cell["id"]]
+        medians = [c["stats"]["median_ms"] for c in same if c["stats"].get("median_ms") is not None]
+        samples = [x for c in same for x in (c.get("samples_ms") or [])]
+        stats = statistics(samples) if samples else dict(cell["stats"])
+        if medians:
+            ordered = sorted(medians)
+            mid = len(ordered) // 2
+            stats["median_ms"] = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+        merged_cells.append({**cell, "stats": stats, "samples_ms": samples, "session_medians_ms": medians})
+    return {**first, "cells": merged_cells, "sessions": len(sessions),
+            "order": [s["order"] for s in sessions],
+            "settings": {**first["settings"], "seeds": [s["settings"]["seed"] for s in sessions]}}
 
 
 # --------------------------------------------------------------------------------------------

@@ -103,16 +103,28 @@ def test_plan_covers_every_finding_and_roles_are_checked():
         fd.plan({"resnet50": "x"})
 
 
+def test_merge_sessions_takes_the_median_of_session_medians():
+    def session(ms: list[float], seed: int) -> dict:
+        cells = [{"id": "a", "model": "m", "resolution": 96, "runtime": "torch", "threads": 1,
+                  "samples_ms": [x, x], "stats": {"median_ms": x}} for x in ms]
+        return {"cells": cells, "order": ["a"], "settings": {"seed": seed}}
+    merged = fd.merge_sessions([session([10.0], 0), session([50.0], 1), session([12.0], 2)])  # one slow burst
+    cell = merged["cells"][0]
+    assert cell["stats"]["median_ms"] == 12.0 and cell["session_medians_ms"] == [10.0, 50.0, 12.0]
+    assert cell["samples_ms"] == [10.0, 10.0, 50.0, 50.0, 12.0, 12.0] and merged["settings"]["seeds"] == [0, 1, 2]
+
+
 def test_cli_parses_findings_options():
     args = build_parser().parse_args(["findings", "--runtime", "executorch,tflite", "--iterations", "3", "--json"])
     assert args.runtime == "executorch,tflite" and args.iterations == 3 and args.json and args.threads == 1
+    assert args.repeats == 3
 
 
 @pytest.mark.slow
 def test_whole_flow_on_tiny_models(tmp_path):
     # PyTorch eager on tiny stand-ins: the real sweep's cells, timing and judging, in seconds
     result = fd.findings(runtime="torch", roles=TINY_ROLES, mf_resolutions=(96, 128), sweep_resolutions=(128, 160),
-                         warmup=0, iterations=2, cooldown=0.0, out=tmp_path, plot=tmp_path / "f.png")
+                         warmup=0, iterations=2, cooldown=0.0, out=tmp_path, plot=tmp_path / "f.png", repeats=2)
     found = result["findings"]
     assert [f["id"] for f in found] == ["mobile_former_vs_resolution", "mobilevit_vs_mobilenet",
                                         "levit_vs_efficientnet", "latency_vs_resolution", "sepvit_tradeoff"]
@@ -122,4 +134,7 @@ def test_whole_flow_on_tiny_models(tmp_path):
     mv = _by_id(found)["mobilevit_vs_mobilenet"]["measured"]["ratio_at_256"]
     assert math.isclose(mv, cells[("mobilevit_tiny", 256)] / cells[("mobilenetv3_tiny", 256)])
     assert (tmp_path / "f.png").stat().st_size > 0
+    assert result["bench"]["sessions"] == 2 and len(result["bench"]["order"]) == 2
+    cell = result["bench"]["cells"][0]
+    assert len(cell["session_medians_ms"]) == 2 and len(cell["samples_ms"]) == 4
     assert "claim:" in fd.format_findings(result)
