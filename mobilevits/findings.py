@@ -363,7 +363,8 @@ def summary(f: dict[str, Any]) -> str:
             f"at {m['crossover_resolution']}" if m["crossover_resolution"] else "none")
         shares = (m.get("macs_fixed_share") or {})
         for model, fit in shares.items():
-            lo, hi = min(fit["share"]), max(fit["share"])
+            keys = sorted(fit["share"], key=int)  # int keys, or str after a JSON round trip
+            lo, hi = keys[0], keys[-1]
             text += (f"; {model} resolution-independent MACs {100 * fit['share'][lo]:.0f}% at {lo}, "
                      f"{100 * fit['share'][hi]:.0f}% at {hi}")
         return text

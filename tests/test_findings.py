@@ -66,6 +66,16 @@ def test_findings_reproduced_on_a_sweep_with_the_papers_shape():
     assert {f["runtime"] for f in found.values()} == {"executorch"}
 
 
+def test_summary_survives_a_json_round_trip():
+    import json
+
+    f = {"id": "mobile_former_vs_resolution", "measured": {
+        "ratio": {96: 3.0, 160: 2.0, 512: 0.9}, "spearman": -1.0, "crossover_resolution": 512,
+        "macs_fixed_share": {"mf": {"share": {96: 0.36, 160: 0.17, 512: 0.02}}}}}
+    text = fd.summary(json.loads(json.dumps(f)))  # keys become strings: "160" < "96"
+    assert "36% at 96, 2% at 512" in text and "crossover at 512" in text
+
+
 def test_findings_not_reproduced_when_the_shape_is_opposite():
     def latency(m: str, r: int) -> float:
         px = (r / 224) ** 2
