@@ -642,10 +642,15 @@ def write_plot(result: dict[str, Any], path: str | Path) -> Path:
             f" t{rec['threads']}" if rec.get("threads") is not None else "")
         series.setdefault(label, []).append((rec["resolution"], mid, mid - lo, hi - mid))
     fig, ax = plt.subplots(figsize=(8, 5))
+    # one colour per model, one line style per runtime, so a dozen series stay tellable apart
+    models = sorted({label.split()[0] for label in series})
+    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(models)}
+    styles = {"torch": ":", "executorch": "-", "tflite": "--", "coreml": "-."}
     for label, pts in sorted(series.items()):
         pts.sort()
+        model, runtime = label.split()[:2]
         ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[[p[2] for p in pts], [p[3] for p in pts]],
-                    marker="o", capsize=3, label=label)
+                    marker="o", capsize=3, label=label, color=colours[model], linestyle=styles.get(runtime, "-"))
     dev = result.get("device") or {}
     ax.set_xlabel("input resolution (px)")
     ax.set_ylabel("latency (ms): median, bars p10-p90")
