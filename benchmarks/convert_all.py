@@ -1,90 +1,91 @@
-"""Convert every model through every path and record what happened, into BENCHMARKS.md.
+"""Convert every model through every path, check each artifact, time them, and record it in BENCHMARKS.md.
 
-    .venv/bin/python benchmarks/convert_all.py                       # all models, default resolutions
+    .venv/bin/python benchmarks/convert_all.py                    # all models, default resolutions (hours)
+    .venv/bin/python benchmarks/convert_all.py --resume           # go on after an interrupted run
     .venv/bin/python benchmarks/convert_all.py --models mobilevit_xxs,levit_128s --no-latency
 
-Per model and path: conversion time, artifact size, delegation, check result (SQNR vs the
-PyTorch source on scikit-image's photos), and single-image latency (median ms over --iterations
-after --warmup) on PyTorch eager, ExecuTorch and LiteRT at 1 and 2 threads. Models are randomly
-initialised with re-randomised norms (never degenerate zero-init norms). The Markdown table
-replaces the section between the markers in BENCHMARKS.md; the raw results go to a JSON file.
+Phase 1, per model and path (``--paths``): conversion time (export, quantise, lower; without the
+check), artifact size, delegation, and the host check (SQNR vs the PyTorch source on scikit-image's
+photos; Core ML through the NumPy MIL executor off macOS) with its time. Models are randomly
+initialised with re-randomised norms (seed 0), never degenerate zero-init norms; int8 is
+post-training quantisation calibrated on the photos. Results are saved after every cell, so
+``--resume`` loses nothing.
+
+Phase 2 (unless ``--no-latency``): the ExecuTorch and LiteRT artifacts and PyTorch eager are timed
+by the shared harness (:func:`mobilevits.bench.bench`: shuffled cells, cool-down, median of
+``--iterations`` after ``--warmup``) at each of ``--threads``. Do not run anything else meanwhile.
+
+The Markdown tables replace the section between the markers in BENCHMARKS.md; the raw results go
+to ``benchmarks/results/convert_all.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
-import statistics
+import os
 import sys
 import time
 from pathlib import Path
-
-import numpy as np
-import torch
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import mobilevits  # noqa: E402
 from converters import convert  # noqa: E402
-from converters.base import quiet, tool_versions  # noqa: E402
-from converters.pipeline import build_source  # noqa: E402
+from converters.base import tool_versions  # noqa: E402
+from converters.pipeline import check_artifact  # noqa: E402
+from mobilevits.bench import bench, host_environment  # noqa: E402
 
-PATHS = (("executorch", "fp32"), ("executorch", "int8"), ("tflite", "fp32"), ("tflite", "int8"), ("coreml", "fp32"))
+DEFAULT_PATHS = "executorch:fp32,executorch:int8,tflite:fp32,tflite:int8,coreml:fp32,coreml:fp16"
+TIMED = ("executorch", "tflite")  # runtimes that run on this host
 BEGIN, END = "<!-- convert_all:begin -->", "<!-- convert_all:end -->"
 
 
-def _median_ms(fn, warmup: int, iterations: int) -> float:
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(iterations):
-        t = time.perf_counter_ns()
-        fn()
-        samples.append((time.perf_counter_ns() - t) / 1e6)
-    return statistics.median(samples)
+def _save(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON atomically: an interrupted run never leaves a truncated results file."""
+    tmp = path.with_suffix(".partial.json")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
 
 
-def latency(artifact: str, backend: str, x: np.ndarray, threads: int, warmup: int, iterations: int) -> float | None:
-    """Median single-image latency of an artifact on this host's runtime (None if it cannot run here)."""
-    if backend == "executorch":
-        from executorch.runtime import Runtime
-
-        from converters.executorch_backend import _set_threads
-
-        _set_threads(threads)  # before loading: XNNPACK binds its pool at load
-        with quiet():
-            method = Runtime.get().load_program(artifact).load_method("forward")
-        xt = torch.from_numpy(x)
-        return _median_ms(lambda: method.execute([xt]), warmup, iterations)
-    if backend == "tflite":
-        from ai_edge_litert.interpreter import Interpreter
-
-        it = Interpreter(model_path=artifact, num_threads=threads)
-        it.allocate_tensors()
-        idx = it.get_input_details()[0]["index"]
-
-        def run() -> None:
-            it.set_tensor(idx, x)
-            it.invoke()
-
-        return _median_ms(run, warmup, iterations)
-    return None
+def _error_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:300] if text else ''}"
 
 
-def eager_latency(source: dict, x: np.ndarray, threads: int, warmup: int, iterations: int) -> float:
-    model = build_source(source)
-    torch.set_num_threads(threads)
-    xt = torch.from_numpy(x)
-    with torch.no_grad():
-        return _median_ms(lambda: model(xt), warmup, iterations)
+def convert_cell(model: str, backend: str, precision: str, out: Path) -> dict[str, Any]:
+    """Convert one model for one path, then check it; failures are recorded, not raised."""
+    row: dict[str, Any] = {"model": model, "backend": backend, "precision": precision,
+                           "resolution": mobilevits.get_model_info(model).default_resolution}
+    try:
+        r = convert(model, to=backend, precision=precision, out=out, check=False, show_progress=False)
+    except Exception as e:  # a failed cell is a result: record it and go on
+        row["error"] = _error_line(e)
+        return row
+    row.update(artifact=r["artifact"], convert_s=r["seconds"], size_mb=round(r["size_bytes"] / 1e6, 3),
+               delegation=r["delegation"])
+    t0 = time.perf_counter()
+    try:
+        c = check_artifact(r["artifact"], show_progress=False)
+    except Exception as e:
+        row["check_error"] = _error_line(e)
+        return row
+    row["check_s"] = round(time.perf_counter() - t0, 2)
+    row["check"] = {k: c.get(k) for k in ("runtime", "sqnr_db", "sqnr_vs_float_db", "threshold_db", "passed",
+                                           "top1_agreement", "top5_agreement", "max_abs_error", "note")}
+    return row
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--models", help="comma-separated (default: all)")
-    ap.add_argument("--out", default="out/benchmarks")
+    ap.add_argument("--models", help="comma-separated (default: every registered model)")
+    ap.add_argument("--paths", default=DEFAULT_PATHS, help=f"backend:precision list (default {DEFAULT_PATHS})")
+    ap.add_argument("--out", default="out/benchmarks", help="folder for the artifacts")
+    ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "convert_all.json"),
+                    help="raw results (JSON), saved after every cell")
+    ap.add_argument("--resume", action="store_true", help="keep the finished cells of --results")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--iterations", type=int, default=30)
@@ -92,37 +93,62 @@ def main() -> int:
     ap.add_argument("--markdown", default=str(ROOT / "BENCHMARKS.md"))
     args = ap.parse_args()
     models = args.models.split(",") if args.models else mobilevits.list_models()
+    for m in models:
+        mobilevits.get_model_info(m)  # unknown names fail here, before hours of work
+    paths = [tuple(p.split(":")) for p in args.paths.split(",")]
     threads = [int(t) for t in args.threads.split(",")]
-    results = []
-    for name in models:
-        for backend, precision in PATHS:
-            print(f"{name} -> {backend} {precision}", file=sys.stderr, flush=True)
-            row = {"model": name, "backend": backend, "precision": precision}
-            try:
-                r = convert(name, to=backend, precision=precision, out=args.out, show_progress=False)
-            except Exception as e:  # record the failure and go on with the next cell
-                row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-                results.append(row)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    raw = Path(args.results)
+    raw.parent.mkdir(parents=True, exist_ok=True)
+
+    data: dict[str, Any] = {"environment": host_environment(), "conversions": [], "latency": None}
+    if args.resume and raw.exists():
+        old = json.loads(raw.read_text())
+        if old.get("environment", {}).get("tool_versions") == tool_versions():
+            data["conversions"] = [r for r in old.get("conversions", []) if "error" not in r]
+            data["latency"] = old.get("latency")
+        else:
+            print("tool versions changed since the saved run: starting over", file=sys.stderr)
+    done = {(r["model"], r["backend"], r["precision"]) for r in data["conversions"]}
+
+    todo = [(m, b, p) for m in models for b, p in paths if (m, b, p) not in done]
+    bar = None
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), unit="cell", file=sys.stderr)
+    for m, b, p in todo:
+        if bar is not None:
+            bar.set_description(f"{m} {b} {p}")
+        else:
+            print(f"{m} -> {b} {p}", file=sys.stderr, flush=True)
+        data["conversions"].append(convert_cell(m, b, p, out))
+        _save(raw, data)
+        if bar is not None:
+            bar.update()
+    if bar is not None:
+        bar.close()
+
+    if not args.no_latency:
+        # one harness call per precision; reuse=True takes phase 1's artifacts (and rebuilds any that a
+        # resumed run no longer has on disk)
+        data["latency"] = []
+        for precision in ("fp32", "int8"):
+            runtimes = [b for b in TIMED if (b, precision) in paths]
+            if precision == "fp32":
+                runtimes.insert(0, "torch")
+            if not runtimes:
                 continue
-            c = r["check"]
-            row.update(artifact=r["artifact"], seconds=r["seconds"], size_mb=r["size_bytes"] / 1e6,
-                       delegation=r["delegation"], sqnr_db=c["sqnr_db"], passed=c["passed"],
-                       top1_agreement=c["top1_agreement"])
-            if not args.no_latency:
-                res = mobilevits.get_model_info(name).default_resolution
-                x = np.random.default_rng(0).random((1, 3, res, res), dtype=np.float32)
-                row["latency_ms"] = {str(t): latency(r["artifact"], backend, x, t, args.warmup, args.iterations)
-                                     for t in threads}
-                if backend == "executorch" and precision == "fp32":
-                    meta = json.loads(Path(r["sidecar"]).read_text())
-                    row["eager_ms"] = {str(t): eager_latency(meta["source"], x, t, args.warmup, args.iterations)
-                                       for t in threads}
-            results.append(row)
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    raw = Path(args.out) / "convert_all.json"
-    raw.write_text(json.dumps({"environment": {"host": platform.platform(), "cpus": torch.get_num_threads(),
-                                               **tool_versions()}, "results": results}, indent=2, default=str))
-    write_markdown(results, Path(args.markdown), threads, " ".join(sys.argv[1:]))
+            res = bench(models=models, runtime=runtimes, precision=precision, threads=threads, warmup=args.warmup,
+                        iterations=args.iterations, out=out, reuse=True,
+                        log=lambda s: print(s, file=sys.stderr, flush=True))
+            data["latency"] += [{k: c.get(k) for k in ("model", "resolution", "runtime", "precision", "threads",
+                                                       "median_ms", "p10_ms", "p90_ms", "cv")}
+                                for c in res["cells"]]
+            data["latency_settings"] = res["settings"]
+        _save(raw, data)
+    write_markdown(data, Path(args.markdown), " ".join(sys.argv[1:]))
     print(f"wrote {args.markdown} and {raw}", file=sys.stderr)
     return 0
 
@@ -131,25 +157,67 @@ def _fmt(v: float | None, digits: int = 1) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
-def write_markdown(results: list[dict], path: Path, threads: list[int], argv: str) -> None:
-    head = ("| model | path | convert s | MB | delegated | outside the delegate | SQNR dB | check | "
-            + " | ".join(f"ms @{t}t" for t in threads) + " | eager ms @1t/@2t |")
-    lines = [BEGIN, "", f"Reproduce: `.venv/bin/python benchmarks/convert_all.py {argv}`".rstrip() + " "
-             f"({time.strftime('%Y-%m-%d')}, {platform.machine()}, {torch.get_num_threads()} threads available).", "",
-             head, "|" + "---|" * (head.count("|") - 1)]
-    for r in results:
+def conversion_table(rows: list[dict[str, Any]]) -> list[str]:
+    """One Markdown row per model x path: time, size, delegation, check."""
+    head = "| model | path | convert s | MB | delegated | outside the delegate | SQNR dB (threshold) | check |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
         path_s = f"{r['backend']} {r['precision']}"
         if "error" in r:
-            lines.append(f"| {r['model']} | {path_s} | failed: {r['error']} |")
+            lines.append(f"| {r['model']} | {path_s} | failed: {r['error']} | | | | | |")
             continue
         d = r["delegation"]
-        outside = ", ".join(f"{k}x{v}" for k, v in d.get("not_delegated_ops", {}).items()) or "none"
-        deleg = f"{100 * d['fraction']:.0f}%" if r["backend"] != "coreml" else f"{d['delegated']} ops"
-        lat = " | ".join(_fmt((r.get("latency_ms") or {}).get(str(t))) for t in threads)
-        eager = "/".join(_fmt(v) for v in (r.get("eager_ms") or {}).values()) or "-"
-        lines.append(f"| {r['model']} | {path_s} | {_fmt(r['seconds'], 0)} | {r['size_mb']:.1f} | {deleg} | "
-                     f"{outside if r['backend'] != 'coreml' else '-'} | {_fmt(r['sqnr_db'])} | "
-                     f"{'pass' if r['passed'] else 'FAIL'} | {lat} | {eager} |")
+        if r["backend"] == "coreml":
+            deleg, outside = f"{d.get('delegated', '-')} ops", "-"
+        else:
+            deleg = f"{100 * d['fraction']:.0f}%"
+            outside = ", ".join(f"{k} x{v}" for k, v in d.get("not_delegated_ops", {}).items()) or "none"
+        c = r.get("check")
+        if c is None:
+            verdict, sq = f"error: {r.get('check_error', '?')}", "-"
+        else:
+            verdict = "pass" if c["passed"] else "FAIL"
+            sq = f"{_fmt(c['sqnr_db'])} ({_fmt(c['threshold_db'], 0)})"
+        lines.append(f"| {r['model']} | {path_s} | {_fmt(r['convert_s'], 0)} | {r['size_mb']:.1f} | {deleg} | "
+                     f"{outside} | {sq} | {verdict} |")
+    return lines
+
+
+def latency_table(cells: list[dict[str, Any]], threads: list[int]) -> list[str]:
+    """Median ms per model and runtime, with the ExecuTorch/LiteRT and int8/fp32 ratios at 1 thread."""
+    ms: dict[tuple[str, str, str, int], float] = {(c["model"], c["runtime"], c["precision"], c["threads"]):
+                                                  c["median_ms"] for c in cells}
+    cols = [("torch", "fp32", "eager"), ("executorch", "fp32", "ET fp32"), ("executorch", "int8", "ET int8"),
+            ("tflite", "fp32", "LiteRT fp32"), ("tflite", "int8", "LiteRT int8")]
+    head = ("| model | res | " + " | ".join(f"{n} @{t}t" for _, _, n in cols for t in threads)
+            + " | ET/LiteRT fp32 @1t | ET int8/fp32 @1t |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    res = {c["model"]: c["resolution"] for c in cells}
+    for m in sorted(res):
+        vals = [_fmt(ms.get((m, rt, p, t))) for rt, p, _ in cols for t in threads]
+        et, lt, et8 = (ms.get((m, "executorch", "fp32", 1)), ms.get((m, "tflite", "fp32", 1)),
+                       ms.get((m, "executorch", "int8", 1)))
+        ratio = _fmt(et / lt, 2) if et and lt else "-"
+        q = _fmt(et8 / et, 2) if et and et8 else "-"
+        lines.append(f"| {m} | {res[m]} | " + " | ".join(vals) + f" | {ratio} | {q} |")
+    return lines
+
+
+def write_markdown(data: dict[str, Any], path: Path, argv: str) -> None:
+    env = data["environment"]
+    lines = [BEGIN, "", f"Reproduce: `.venv/bin/python benchmarks/convert_all.py {argv}`".rstrip()
+             + f" ({time.strftime('%Y-%m-%d')}, {env.get('cpu')}, {env.get('cpu_count')} cores, "
+             f"git {str(env.get('git_commit'))[:7]}). Random init with re-randomised norms (seed 0); int8 is "
+             "post-training quantisation calibrated on 8 photos; the check compares with the PyTorch source on "
+             "scikit-image's photos (int8: against the quantised PyTorch model). Conversion time excludes the "
+             "check.", ""]
+    lines += conversion_table(data["conversions"])
+    if data.get("latency"):
+        s = data.get("latency_settings", {})
+        threads = s.get("threads") or [1]
+        lines += ["", f"Latency, median ms on this host (warm-up {s.get('warmup')}, {s.get('iterations')} timed "
+                      "runs per cell, cells in shuffled order with a cool-down; single image):", ""]
+        lines += latency_table(data["latency"], threads)
     lines += ["", END]
     text = path.read_text() if path.exists() else "# Benchmarks\n\n"
     block = "\n".join(lines)

@@ -170,11 +170,46 @@ _NOISY_LOGGERS = ("absl", "executorch", "coremltools", "litert_torch", "torch._e
 
 
 @contextlib.contextmanager
-def quiet(enabled: bool = True) -> Iterator[None]:
-    """Silence converter chatter (warnings, INFO logs, progress bars on stdout/stderr) for a block.
+def _native_output_captured(sink: Any) -> Iterator[None]:
+    """Point file descriptors 1 and 2 at ``sink`` for a block, so native libraries' direct writes
+    (ExecuTorch's cpuinfo and thread-pool lines, TFLite's INFO lines) are caught too.
 
-    Output written by native code straight to the file descriptors is not captured; errors still
-    propagate as exceptions.
+    Does nothing where the descriptors cannot be duplicated (no real file descriptors).
+    """
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved = (os.dup(1), os.dup(2))
+    except (OSError, ValueError, AttributeError):
+        yield
+        return
+    try:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        yield
+    finally:
+        _flush_c_stdio()  # else C-buffered text would reach the restored descriptors later
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
+
+
+def _flush_c_stdio() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError, TypeError):
+        pass
+
+
+@contextlib.contextmanager
+def quiet(enabled: bool = True) -> Iterator[None]:
+    """Silence converter chatter (warnings, INFO logs, progress bars, native libraries' log lines) for a block.
+
+    Errors still propagate as exceptions; when one does, what the native code printed during the block
+    is written to stderr after it, so a native failure's own message is not lost.
     """
     if not enabled:
         yield
@@ -184,13 +219,23 @@ def quiet(enabled: bool = True) -> Iterator[None]:
     for name in names:
         logging.getLogger(name).setLevel(logging.ERROR)
     sink = io.StringIO()
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for name, level in saved.items():
-            logging.getLogger(name).setLevel(level)
+    import tempfile
+
+    with tempfile.TemporaryFile() as native:
+        try:
+            with (_native_output_captured(native), warnings.catch_warnings(), contextlib.redirect_stdout(sink),
+                  contextlib.redirect_stderr(sink)):
+                warnings.simplefilter("ignore")
+                yield
+        except BaseException:
+            native.seek(0)
+            text = native.read().decode(errors="replace").strip()
+            if text:
+                print(text, file=sys.stderr)
+            raise
+        finally:
+            for name, level in saved.items():
+                logging.getLogger(name).setLevel(level)
 
 
 def tool_versions() -> dict[str, str]:

@@ -110,8 +110,9 @@ class ExecuTorchConverter(Converter):
 def _set_threads(n: int) -> None:
     """XNNPACK binds its thread pool when a program loads, so this must run before loading."""
     try:
-        from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+        with quiet():  # the first import logs cpuinfo lines, the reset a thread-pool line, natively
+            from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
 
-        _unsafe_reset_threadpool(int(n))
+            _unsafe_reset_threadpool(int(n))
     except Exception:  # older/newer builds without the hook: keep the default pool
         pass

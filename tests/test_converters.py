@@ -252,3 +252,21 @@ def test_metrics_against_hand_computation():
     assert t1 == 0.0 and 0 < t5 < 1
     m = compare(ref, out)
     assert m["max_abs_error"] == pytest.approx(0.1) and 0.99 < m["cosine"] < 1.0
+
+
+def test_quiet_catches_native_output_and_replays_it_on_failure(capfd):
+    """Native libraries write to file descriptor 2 directly; quiet() must catch that too, and give it
+    back when the block fails (a native failure's message is the one clue users have)."""
+    import os
+
+    from converters.base import quiet
+
+    with quiet():
+        os.write(2, b"native chatter\n")
+        print("python chatter", file=sys.stderr)
+    assert "chatter" not in capfd.readouterr().err
+
+    with pytest.raises(RuntimeError), quiet():
+        os.write(2, b"native failure detail\n")
+        raise RuntimeError("boom")
+    assert "native failure detail" in capfd.readouterr().err
