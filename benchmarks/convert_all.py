@@ -11,9 +11,10 @@ initialised with re-randomised norms (seed 0), never degenerate zero-init norms;
 post-training quantisation calibrated on the photos. Results are saved after every cell, so
 ``--resume`` loses nothing.
 
-Phase 2 (unless ``--no-latency``): the ExecuTorch and LiteRT artifacts and PyTorch eager are timed
-by the shared harness (:func:`mobilevits.bench.bench`: shuffled cells, cool-down, median of
-``--iterations`` after ``--warmup``) at each of ``--threads``. Do not run anything else meanwhile.
+Phase 2 (unless ``--no-latency``): the ExecuTorch and LiteRT artifacts of phase 1 (converted again
+if a resumed run no longer has them on disk) and PyTorch eager are timed by the shared harness
+(:func:`mobilevits.bench.bench`: shuffled cells, cool-down, median of ``--iterations`` after
+``--warmup``) at each of ``--threads``. Do not run anything else meanwhile.
 
 The Markdown tables replace the section between the markers in BENCHMARKS.md; the raw results go
 to ``benchmarks/results/convert_all.json``.
@@ -131,22 +132,20 @@ def main() -> int:
         bar.close()
 
     if not args.no_latency:
-        # one harness call per precision; reuse=True takes phase 1's artifacts (and rebuilds any that a
-        # resumed run no longer has on disk)
-        data["latency"] = []
-        for precision in ("fp32", "int8"):
-            runtimes = [b for b in TIMED if (b, precision) in paths]
-            if precision == "fp32":
-                runtimes.insert(0, "torch")
-            if not runtimes:
-                continue
-            res = bench(models=models, runtime=runtimes, precision=precision, threads=threads, warmup=args.warmup,
-                        iterations=args.iterations, out=out, reuse=True,
-                        log=lambda s: print(s, file=sys.stderr, flush=True))
-            data["latency"] += [{k: c.get(k) for k in ("model", "resolution", "runtime", "precision", "threads",
-                                                       "median_ms", "p10_ms", "p90_ms", "cv")}
-                                for c in res["cells"]]
-            data["latency_settings"] = res["settings"]
+        rows = [r for r in data["conversions"] if r["model"] in models and r["backend"] in TIMED and "artifact" in r]
+        for r in rows:
+            if not Path(r["artifact"]).exists():  # a resumed run on a machine without phase 1's files
+                print(f"{Path(r['artifact']).name} is gone: converting again", file=sys.stderr, flush=True)
+                r.update(convert_cell(r["model"], r["backend"], r["precision"], out))
+                _save(raw, data)
+        # one harness call, so every cell is shuffled with every other: artifacts plus PyTorch eager
+        res = bench(artifacts=[r["artifact"] for r in rows if "artifact" in r], models=models, runtime="torch",
+                    threads=threads, warmup=args.warmup, iterations=args.iterations, out=out,
+                    log=lambda s: print(s, file=sys.stderr, flush=True))
+        data["latency"] = [{**{k: c.get(k) for k in ("model", "resolution", "runtime", "precision", "threads")},
+                            **{k: c["stats"].get(k) for k in ("median_ms", "p10_ms", "p90_ms", "cv")}}
+                           for c in res["cells"]]
+        data["latency_settings"] = res["settings"]
         _save(raw, data)
     write_markdown(data, Path(args.markdown), " ".join(sys.argv[1:]))
     print(f"wrote {args.markdown} and {raw}", file=sys.stderr)
