@@ -59,7 +59,9 @@ _ACTS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
     "relu6": nn.ReLU6,
     "hswish": nn.Hardswish,
-    "hsigmoid": nn.Hardsigmoid,
+    # not nn.Hardsigmoid: ExecuTorch decomposes aten.hardsigmoid with 0-d float64 constants whose dtype
+    # casts (_to_dim_order_copy) stay outside the XNNPACK delegate (16 in MobileNetV3-Small)
+    "hsigmoid": HardSigmoid,
     "silu": nn.SiLU,
     "gelu": nn.GELU,
     "sigmoid": nn.Sigmoid,
