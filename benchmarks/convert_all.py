@@ -204,13 +204,16 @@ def latency_table(cells: list[dict[str, Any]], threads: list[int]) -> list[str]:
 
 def write_markdown(data: dict[str, Any], path: Path, argv: str) -> None:
     env = data["environment"]
-    lines = [BEGIN, "", f"Reproduce: `.venv/bin/python benchmarks/convert_all.py {argv}`".rstrip()
-             + f" ({time.strftime('%Y-%m-%d')}, {env.get('cpu')}, {env.get('cpu_count')} cores, "
+    lines = [BEGIN, "", "Reproduce: `.venv/bin/python benchmarks/convert_all.py` (`--resume` goes on after an "
+             f"interrupted run; this one: `{argv or 'no options'}`; {time.strftime('%Y-%m-%d')}, {env.get('cpu')}, "
+             f"{env.get('cpu_count')} cores, "
              f"git {str(env.get('git_commit'))[:7]}). Random init with re-randomised norms (seed 0); int8 is "
              "post-training quantisation calibrated on 8 photos; the check compares with the PyTorch source on "
              "scikit-image's photos (int8: against the quantised PyTorch model). Conversion time excludes the "
              "check.", ""]
-    lines += conversion_table(data["conversions"])
+    order = {p: i for i, p in enumerate(DEFAULT_PATHS.split(","))}
+    lines += conversion_table(sorted(data["conversions"], key=lambda r: (
+        r["model"], order.get(f"{r['backend']}:{r['precision']}", len(order)))))
     if data.get("latency"):
         s = data.get("latency_settings", {})
         threads = s.get("threads") or [1]
