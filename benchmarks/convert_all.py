@@ -42,6 +42,7 @@ from mobilevits.bench import bench, host_environment  # noqa: E402
 DEFAULT_PATHS = "executorch:fp32,executorch:int8,tflite:fp32,tflite:int8,coreml:fp32,coreml:fp16"
 TIMED = ("executorch", "tflite")  # runtimes that run on this host
 BEGIN, END = "<!-- convert_all:begin -->", "<!-- convert_all:end -->"
+NOISY_CV = 0.15  # a timed cell this variable was disturbed (see latency_table)
 
 
 def _save(path: Path, data: dict[str, Any]) -> None:
@@ -183,22 +184,40 @@ def conversion_table(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def latency_table(cells: list[dict[str, Any]], threads: list[int]) -> list[str]:
-    """Median ms per model and runtime, with the ExecuTorch/LiteRT and int8/fp32 ratios at 1 thread."""
-    ms: dict[tuple[str, str, str, int], float] = {(c["model"], c["runtime"], c["precision"], c["threads"]):
-                                                  c["median_ms"] for c in cells}
+    """Median ms per model and runtime, with the ExecuTorch/LiteRT and int8/fp32 ratios at 1 thread.
+
+    A cell whose coefficient of variation exceeds ``NOISY_CV`` is marked with ``*``: on a shared host a
+    burst of interference makes a cell bimodal, so the ratio of the cells' 10th percentiles is given
+    beside the ratio of medians.
+    """
+    by = {(c["model"], c["runtime"], c["precision"], c["threads"]): c for c in cells}
+
+    def ms(m: str, rt: str, p: str, t: int, key: str = "median_ms") -> float | None:
+        c = by.get((m, rt, p, t))
+        return None if c is None else c.get(key)
+
+    def shown(m: str, rt: str, p: str, t: int) -> str:
+        c = by.get((m, rt, p, t))
+        if c is None or c.get("median_ms") is None:
+            return "-"
+        return _fmt(c["median_ms"]) + ("*" if (c.get("cv") or 0) > NOISY_CV else "")
+
+    def ratio(a: float | None, b: float | None) -> str:
+        return _fmt(a / b, 2) if a and b else "-"
+
     cols = [("torch", "fp32", "eager"), ("executorch", "fp32", "ET fp32"), ("executorch", "int8", "ET int8"),
             ("tflite", "fp32", "LiteRT fp32"), ("tflite", "int8", "LiteRT int8")]
     head = ("| model | res | " + " | ".join(f"{n} @{t}t" for _, _, n in cols for t in threads)
-            + " | ET/LiteRT fp32 @1t | ET int8/fp32 @1t |")
+            + " | ET/LiteRT fp32 @1t (median; p10) | ET int8/fp32 @1t (median; p10) |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     res = {c["model"]: c["resolution"] for c in cells}
     for m in sorted(res):
-        vals = [_fmt(ms.get((m, rt, p, t))) for rt, p, _ in cols for t in threads]
-        et, lt, et8 = (ms.get((m, "executorch", "fp32", 1)), ms.get((m, "tflite", "fp32", 1)),
-                       ms.get((m, "executorch", "int8", 1)))
-        ratio = _fmt(et / lt, 2) if et and lt else "-"
-        q = _fmt(et8 / et, 2) if et and et8 else "-"
-        lines.append(f"| {m} | {res[m]} | " + " | ".join(vals) + f" | {ratio} | {q} |")
+        vals = [shown(m, rt, p, t) for rt, p, _ in cols for t in threads]
+        et_lt = (f"{ratio(ms(m, 'executorch', 'fp32', 1), ms(m, 'tflite', 'fp32', 1))}; "
+                 f"{ratio(ms(m, 'executorch', 'fp32', 1, 'p10_ms'), ms(m, 'tflite', 'fp32', 1, 'p10_ms'))}")
+        q = (f"{ratio(ms(m, 'executorch', 'int8', 1), ms(m, 'executorch', 'fp32', 1))}; "
+             f"{ratio(ms(m, 'executorch', 'int8', 1, 'p10_ms'), ms(m, 'executorch', 'fp32', 1, 'p10_ms'))}")
+        lines.append(f"| {m} | {res[m]} | " + " | ".join(vals) + f" | {et_lt} | {q} |")
     return lines
 
 
@@ -218,7 +237,8 @@ def write_markdown(data: dict[str, Any], path: Path, argv: str) -> None:
         s = data.get("latency_settings", {})
         threads = s.get("threads") or [1]
         lines += ["", f"Latency, median ms on this host (warm-up {s.get('warmup')}, {s.get('iterations')} timed "
-                      "runs per cell, cells in shuffled order with a cool-down; single image):", ""]
+                      "runs per cell, cells in shuffled order with a cool-down; single image; `*`: CV above "
+                      f"{NOISY_CV:g}, a disturbed cell):", ""]
         lines += latency_table(data["latency"], threads)
     lines += ["", END]
     text = path.read_text() if path.exists() else "# Benchmarks\n\n"
