@@ -1,0 +1,51 @@
+"""benchmarks/convert_all.py's tables: the numbers BENCHMARKS.md shows come from the right cells."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def convert_all():
+    spec = importlib.util.spec_from_file_location("convert_all", ROOT / "benchmarks" / "convert_all.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _cell(model, runtime, precision, threads, median, p10, cv=0.02):
+    return {"model": model, "resolution": 224, "runtime": runtime, "precision": precision, "threads": threads,
+            "median_ms": median, "p10_ms": p10, "p90_ms": median * 1.1, "cv": cv}
+
+
+def test_latency_table_ratios_and_disturbed_cells(convert_all):
+    cells = [_cell("m", "executorch", "fp32", 1, 30.0, 12.0, cv=0.3), _cell("m", "tflite", "fp32", 1, 10.0, 10.0),
+             _cell("m", "executorch", "int8", 1, 15.0, 6.0), _cell("m", "torch", "fp32", 1, 50.0, 49.0)]
+    head, _, row = convert_all.latency_table(cells, [1])
+    assert head.count("|") == row.count("|")
+    cols = [c.strip() for c in row.strip("|").split("|")]
+    assert cols[:4] == ["m", "224", "50.0", "30.0*"]  # eager, then the disturbed ExecuTorch cell starred
+    assert cols[-2] == "3.00; 1.20"  # ET/LiteRT by medians, then by 10th percentiles
+    assert cols[-1] == "0.50; 0.50"  # ET int8/fp32
+    assert cols[cols.index("15.0") + 1] == "10.0" and "-" in cols  # LiteRT fp32 shown; LiteRT int8 missing
+
+
+def test_markdown_replaces_only_its_block(convert_all, tmp_path):
+    md = tmp_path / "B.md"
+    md.write_text(f"# B\n\nkeep\n\n{convert_all.BEGIN}\nSTALE ROW\n{convert_all.END}\n\nafter\n")
+    rows = [{"model": "m", "backend": "tflite", "precision": "fp32", "resolution": 224, "convert_s": 3.0,
+             "size_mb": 1.5, "delegation": {"fraction": 0.5, "not_delegated_ops": {"FULLY_CONNECTED": 2},
+                                            "delegated": 2},
+             "check": {"sqnr_db": 25.0, "threshold_db": 60.0, "passed": False}},
+            {"model": "a", "backend": "executorch", "precision": "int8", "resolution": 224, "error": "Boom: x"}]
+    convert_all.write_markdown({"environment": {"cpu": "c", "cpu_count": 2, "git_commit": "abc"},
+                                "conversions": rows, "latency": None}, md, "--resume")
+    text = md.read_text()
+    assert "keep" in text and "after" in text and "STALE ROW" not in text
+    assert text.index("| a | executorch int8 | failed: Boom: x") < text.index("| m | tflite fp32")  # sorted
+    assert "| 50% | FULLY_CONNECTED x2 | 25.0 (60) | FAIL |" in text
