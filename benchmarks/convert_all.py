@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 import mobilevits  # noqa: E402
 from converters import convert  # noqa: E402
-from converters.base import tool_versions  # noqa: E402
+from converters.base import atomic_write_text, tool_versions  # noqa: E402
 from converters.pipeline import check_artifact  # noqa: E402
 from mobilevits.bench import bench, host_environment  # noqa: E402
 
@@ -46,10 +45,8 @@ NOISY_CV = 0.15  # a timed cell this variable was disturbed (see latency_table)
 
 
 def _save(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON atomically: an interrupted run never leaves a truncated results file."""
-    tmp = path.with_suffix(".partial.json")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+    """Write the results atomically: an interrupted run never leaves a truncated file."""
+    atomic_write_text(path, json.dumps(data, indent=2, default=str))
 
 
 def _error_line(e: BaseException) -> str:

@@ -11,6 +11,7 @@ import os
 import platform
 import shutil
 import sys
+import tempfile
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -219,8 +220,6 @@ def quiet(enabled: bool = True) -> Iterator[None]:
     for name in names:
         logging.getLogger(name).setLevel(logging.ERROR)
     sink = io.StringIO()
-    import tempfile
-
     with tempfile.TemporaryFile() as native:
         try:
             with (_native_output_captured(native), warnings.catch_warnings(), contextlib.redirect_stdout(sink),
@@ -248,6 +247,13 @@ def tool_versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             out[dist] = "not installed"
     return out
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a text file through a temporary name, so readers never see a half-written file."""
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def atomic_replace(tmp: Path, final: Path) -> None:

@@ -28,6 +28,7 @@ from .base import (
     RuntimeUnavailableError,
     UnsupportedError,
     atomic_replace,
+    atomic_write_text,
     quiet,
     remove_path,
     tool_versions,
@@ -343,10 +344,7 @@ def _size(p: Path) -> int:
 
 
 def write_sidecar(artifact: Path, meta: dict[str, Any]) -> None:
-    path = sidecar_path(artifact)
-    tmp = path.with_name("." + path.name + ".partial")
-    tmp.write_text(json.dumps(meta, indent=2, default=_json_default) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(sidecar_path(artifact), json.dumps(meta, indent=2, default=_json_default) + "\n")
 
 
 def _json_default(o: Any) -> Any:

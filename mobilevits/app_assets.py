@@ -121,7 +121,9 @@ def export_app_assets(
     errors = validate_manifest(manifest)
     if errors:  # a bug here, not bad input: never write a manifest the apps cannot read
         raise RuntimeError("internal error, manifest does not follow its schema: " + "; ".join(errors))
-    _atomic_write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
+    from converters.base import atomic_write_text
+
+    atomic_write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
     return {"app": app.name, "dest": str(out), "manifest": str(manifest_path), "models": entries,
             "test_images": sorted(images)}
 
@@ -319,12 +321,6 @@ def _atomic_copy(src: Path, dst: Path) -> None:
     except BaseException:
         remove_path(tmp)
         raise
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _size(p: Path) -> int:
