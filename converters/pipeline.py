@@ -224,6 +224,13 @@ def convert(
     if not os.access(out_dir, os.W_OK):
         raise PermissionError(f"output folder {out_dir} is not writable; choose another with --out")
 
+    for key, value in (overrides or {}).items():
+        # the sidecar must rebuild the source from JSON; a dataclass or tensor would come back a string
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            raise ValueError(f"override {key}={value!r} is not a plain JSON value (number, string, bool or list), "
+                             "so the sidecar could not rebuild this model; register a named variant instead") from None
     source = {"name": model, "num_classes": num_classes, "resolution": resolution, "overrides": overrides or {},
               "weights": None, "seed": seed, "normalize_in_model": normalize_in_model}
     if weights is not None:

@@ -63,6 +63,8 @@ class TFLiteConverter(Converter):
             if quantized:
                 from litert_torch.quantize.quant_config import QuantConfig
 
+                _patch_litert_layout_pass_meta()
+
                 edge = litert_torch.convert(module, example, quant_config=QuantConfig(pt2e_quantizer=quantizer))
             else:
                 edge = litert_torch.convert(module, example)
@@ -193,7 +195,34 @@ def _retarget_signature(model: Any, old: int, new: int) -> None:
                 tm.tensorIndex = new
 
 
-_PATCHED = False
+_PATCHED: set[str] = set()
+
+
+def _patch_litert_layout_pass_meta() -> None:
+    """Workaround for litert-torch 0.10.0: int8 conversion fails in its NHWC layout pass with
+    "Attempting to convert non-NHWC compatible node to NHWC: dequantize_per_tensor_N" when one
+    dequantize feeds both an NCHW and an NHWC consumer (Mobile-Former's residual after the stem).
+
+    ``OptimizeLayoutTransposesPass.insert_t_q_dq`` replaces the existing dequantize node's whole
+    ``meta`` with the target's source metadata, dropping its ``val`` (shape) and its layout mark, so
+    the next consumer's layout check finds no 4-D tensor (or transposes it twice). The new nodes get
+    their own metadata, so give the existing node its own back. Applied once, for int8.
+    """
+    if "layout_meta" in _PATCHED:
+        return
+    from litert_torch._convert.fx_passes.optimize_layout_transposes_pass import pass_body
+
+    cls = pass_body.OptimizeLayoutTransposesPass
+    original = cls.insert_t_q_dq
+
+    def patched(self: Any, graph: Any, input_dq: Any, *args: Any, **kwargs: Any) -> Any:
+        own = input_dq.meta
+        nodes = original(self, graph, input_dq, *args, **kwargs)
+        input_dq.meta = own
+        return nodes
+
+    cls.insert_t_q_dq = patched
+    _PATCHED.add("layout_meta")
 
 
 def _patch_litert_qat_pattern_helper() -> None:
@@ -202,8 +231,7 @@ def _patch_litert_qat_pattern_helper() -> None:
     pattern helper now exports its argument with torch.export and litert-torch hands it a plain
     function. Wrap that function in a module. Applied once, only when a QAT quantizer is requested.
     """
-    global _PATCHED
-    if _PATCHED:
+    if "qat_pattern" in _PATCHED:
         return
     from litert_torch.quantize import pt2e_quantizer_utils as utils
 
@@ -223,4 +251,4 @@ def _patch_litert_qat_pattern_helper() -> None:
         return original(pattern, example_inputs, *args, **kwargs)
 
     utils._get_aten_graph_module_for_pattern = patched
-    _PATCHED = True
+    _PATCHED.add("qat_pattern")

@@ -69,7 +69,7 @@ def test_fp32_every_family_every_path(name, to, out):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["mobilevit_tiny", "levit_tiny", "mobilenetv3_tiny"])
+@pytest.mark.parametrize("name", ["mobilevit_tiny", "levit_tiny", "mobilenetv3_tiny", "mobile_former_tiny"])
 @pytest.mark.parametrize("to", ["executorch", "tflite"])
 def test_int8_matches_quantized_pytorch(name, to, out):
     if name not in TINY:
@@ -162,6 +162,14 @@ def test_unknown_precision_for_backend(tmp_path):
         convert("mobilenetv3_tiny", to="tflite", precision="fp16", out=tmp_path)
     with pytest.raises(UnsupportedError, match="unknown backend"):
         convert("mobilenetv3_tiny", to="onnx", out=tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_override_the_sidecar_cannot_record_is_refused(tmp_path):
+    from mobilevits.models.mobile_former import _lite
+
+    with pytest.raises(ValueError, match="override blocks=.* is not a plain JSON value"):
+        convert("mobile_former_tiny", to="tflite", out=tmp_path, overrides={"blocks": (_lite(2, 8),)})
     assert not any(tmp_path.iterdir())
 
 

@@ -110,7 +110,9 @@ _B96 = (_lite(2, 12), _down(6, 16), _down(6, 32), _mf(3, 32), _down(6, 64), _mf(
         _down(6, 128), _mf(6, 128))
 _B52 = (_lite(3, 12, stride=2), _mf(3, 12), _down(6, 24), _mf(3, 24), _down(6, 48), _mf(4, 48), _mf(6, 64),
         _down(6, 96), _mf(6, 96))
-_BTINY = (_lite(2, 8), _down(2, 16, 2), _mf(2, 16), _down(2, 24, 2))
+# starts like 26M/52M (a stride-2 lite block straight into a Mobile-Former block), the pattern that
+# tripped litert-torch's int8 layout pass
+_BTINY = (_lite(2, 8, stride=2), _mf(2, 8), _down(2, 16, 2), _mf(2, 16))
 
 CFGS = {
     "mobile_former_508m": MobileFormerCfg(_B508, 24, 6, 192, 1920, drop_rate=0.3),
