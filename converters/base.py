@@ -96,6 +96,13 @@ class Converter(ABC):
         """Can this host execute the artifacts? ``(True, "")`` or ``(False, reason)``."""
         return _importable(self.runtime_packages or self.packages)
 
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Pick the deploy formulations this backend runs fastest, in place, before export; returns it.
+
+        Every choice computes the same function (tested in the model code); default: no change.
+        """
+        return model
+
     def preflight(self, program: torch.export.ExportedProgram, precision: str) -> list[str]:
         """Readable reasons this program cannot be converted at ``precision`` (empty: go ahead)."""
         reasons = []

@@ -67,6 +67,13 @@ class ExecuTorchConverter(Converter):
         q = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=qat))
         return keep_float(q)
 
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        # XNNPACK's mean takes only NHWC dims (2, 3), so ExecuTorch wraps LayerNorm's means in layout
+        # copies; a linear with a 1/C row halves LayerNorm's time here (see layers.LayerNorm)
+        from mobilevits.layers import set_layernorm_mean
+
+        return set_layernorm_mean(model, "linear")
+
     def lower(self, program: torch.export.ExportedProgram, precision: str, path: Path, quantized: bool,
               delegate: str = "xnnpack", **options: Any) -> Delegation:
         from executorch.exir import to_edge_transform_and_lower

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -239,7 +240,7 @@ def convert(
                                         **(overrides or {}))
         loaded = mobilevits.load_weights(probe, weights)
         source["weights"] = {"path": str(Path(weights).resolve()), "sha256": loaded["sha256"]}
-    src = build_source(source)
+    src = conv.prepare_model(build_source(source))
     pp = src.preprocess
     x = torch.zeros(1, 3, resolution, resolution)
 
@@ -392,6 +393,7 @@ def quantized_reference(meta: dict[str, Any], src: torch.nn.Module) -> torch.nn.
     if q.get("source") == "ptq":
         conv = get_converter(meta["backend"])
         calib = _calibration_data(q["calibration"]["data"], src.preprocess, q["calibration"]["count"])
+        src = conv.prepare_model(copy.deepcopy(src))  # the formulation the artifact was exported with
         return calibrate_and_quantize(src, conv.quantizer(meta["precision"]), calib, conv.fold_quantize)
     if q.get("source") == "qat" and q.get("reference"):
         ref = Path(q["reference"])

@@ -272,28 +272,63 @@ class DropPath(nn.Module):
 class LayerNorm(nn.LayerNorm):
     """LayerNorm over the last dim, with the same parameters and state-dict keys as ``nn.LayerNorm``.
 
-    In eval mode it is written as ``mean``/``rsqrt`` arithmetic rather than ``aten.layer_norm``:
-    ExecuTorch 1.5's XNNPACK partitioner rejects ``native_layer_norm`` (it would run on slow
-    portable kernels), while mean, sub, mul, rsqrt and add are all delegated. The math is identical
-    (biased variance, eps inside the root); ``tests/test_layers.py`` checks it against
-    ``F.layer_norm``. Training keeps the fused kernel for speed.
+    In eval mode it is written as arithmetic rather than ``aten.layer_norm``, which ExecuTorch 1.5's
+    XNNPACK partitioner rejects (it would run on slow portable kernels). The two means over C can be
+    taken two ways (``mean_op``), because the fastest differs by runtime (measured on this host,
+    LayerNorm over (4, 256, 144) tokens, 1 thread; ``benchmarks/runtime_kernels.py``):
 
-    Only normalisation over the last dimension is supported (``normalized_shape`` of length 1).
+    * ``"mean"`` (default): reshape to (M, 1, C, 1) and ``mean`` over dims (2, 3), the only mean
+      XNNPACK takes. LiteRT runs it as MEAN: 0.14 ms. ExecuTorch's layout pass wraps each such mean
+      in NCHW<->NHWC copies (4 per LayerNorm): 0.77 ms.
+    * ``"linear"``: a linear with a constant ``1/C`` row (..., C) -> (..., 1). ExecuTorch 0.38 ms,
+      LiteRT 0.23 ms (a 1-column FULLY_CONNECTED).
+
+    Converters pick one with :func:`set_layernorm_mean` before export. The math is the same either
+    way (biased variance, eps inside the root); ``tests/test_layers.py`` checks both against
+    ``F.layer_norm``. Training keeps the fused kernel for speed. Only the last dim is normalised.
     """
+
+    mean_op: str = "mean"
+
+    def __init__(self, normalized_shape: int | tuple[int, ...], eps: float = 1e-5, **kwargs) -> None:
+        super().__init__(normalized_shape, eps=eps, **kwargs)
+        if len(self.normalized_shape) != 1:
+            raise ValueError(f"LayerNorm normalises the last dimension only, got shape {self.normalized_shape}")
+        c = self.normalized_shape[0]
+        # not in the state dict: checkpoints keep nn.LayerNorm's keys
+        self.register_buffer("avg_row", torch.full((1, c), 1.0 / c), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
         shape = x.shape
-        # (..., C) -> (M, 1, C, 1): XNNPACK's mean only reduces dims (2, 3) of a 4-D tensor.
-        x4 = x.reshape(-1, 1, shape[-1], 1)
-        mu = x4.mean((2, 3), keepdim=True)
-        xc = x4 - mu
-        var = (xc * xc).mean((2, 3), keepdim=True)
+        if self.mean_op == "linear":
+            if x.dim() > 3:
+                # litert-torch 0.10 cannot convert a linear over a rank-4 input such as (1, n, 1, C)
+                # (see TFLiteConverter.preflight): (B, H, W, C) -> (B*H*W, C) and back
+                x = x.reshape(-1, shape[-1])
+            mu = F.linear(x, self.avg_row)  # (..., C) -> (..., 1)
+            xc = x - mu
+            var = F.linear(xc * xc, self.avg_row)
+        else:
+            x = x.reshape(-1, 1, shape[-1], 1)  # (..., C) -> (M, 1, C, 1)
+            mu = x.mean((2, 3), keepdim=True)
+            xc = x - mu
+            var = (xc * xc).mean((2, 3), keepdim=True)
         y = (xc * torch.rsqrt(var + self.eps)).reshape(shape)
         if self.weight is not None:
             y = y * self.weight + self.bias
         return y
+
+
+def set_layernorm_mean(model: nn.Module, mean_op: str) -> nn.Module:
+    """Choose how every :class:`LayerNorm` in ``model`` takes its means (``"mean"`` or ``"linear"``), in place."""
+    if mean_op not in ("mean", "linear"):
+        raise ValueError(f"unknown LayerNorm mean_op {mean_op!r}; choose 'mean' or 'linear'")
+    for m in model.modules():
+        if isinstance(m, LayerNorm):
+            m.mean_op = mean_op
+    return model
 
 
 class Mlp(nn.Module):

@@ -467,7 +467,7 @@ def qat(
         net = create_model(model, num_classes=split.num_classes, resolution=resolution, weights=weights)
         return Normalize(net, net.preprocess.mean, net.preprocess.std)
 
-    ref = reparameterize_model(float_model())
+    ref = conv.prepare_model(reparameterize_model(float_model()))
     ledger: dict[str, float | None] = {"float_top1": evaluate(ref, split.val), "ptq_int8_top1": None,
                                        "qat_int8_top1": None, "artifact_top1": None}
     log(f"float top-1 {100 * ledger['float_top1']:.1f}%")
@@ -477,7 +477,7 @@ def qat(
     log(f"post-training int8 top-1 {100 * ledger['ptq_int8_top1']:.1f}%")
 
     # graph-mode QAT with the backend's own quantizer
-    qat_src = _qat_ready(float_model())
+    qat_src = conv.prepare_model(_qat_ready(float_model()))
     example = split.train.images[:2]
     with quiet():
         gm = torch.export.export(qat_src, (example,),
