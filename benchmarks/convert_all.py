@@ -244,7 +244,7 @@ def write_markdown(data: dict[str, Any], path: Path, argv: str) -> None:
         text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
     else:
         text = text.rstrip() + "\n\n## Conversion of every model through every path\n\n" + block + "\n"
-    path.write_text(text)
+    atomic_write_text(path, text)
 
 
 if __name__ == "__main__":

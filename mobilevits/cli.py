@@ -166,10 +166,10 @@ def cmd_findings(args: argparse.Namespace) -> int:
                       warmup=args.warmup, iterations=args.iterations, cooldown=args.cooldown, seed=args.seed,
                       out=args.out, reuse=not args.rebuild, plot=args.plot, repeats=args.repeats,
                       log=_logger(args.json), **extra)
+    from converters.base import atomic_write_text
+
     out = Path(args.out)
-    tmp = out / ".findings.json.partial"
-    tmp.write_text(json.dumps(result, indent=2, default=str))
-    tmp.replace(out / "findings.json")  # a killed run never leaves half a file
+    atomic_write_text(out / "findings.json", json.dumps(result, indent=2, default=str))  # never half a file
     if args.json:
         print(to_json(result["findings"]))
     else:
