@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/convert_all.py                    # all models, default resolutions (hours)
     .venv/bin/python benchmarks/convert_all.py --resume           # go on after an interrupted run
     .venv/bin/python benchmarks/convert_all.py --models mobilevit_xxs,levit_128s --no-latency
+    .venv/bin/python benchmarks/convert_all.py --report-only      # BENCHMARKS.md from the saved results
 
 Phase 1, per model and path (``--paths``): conversion time (export, quantise, lower; without the
 check), artifact size, delegation, and the host check (SQNR vs the PyTorch source on scikit-image's
@@ -90,7 +91,16 @@ def main() -> int:
     ap.add_argument("--iterations", type=int, default=30)
     ap.add_argument("--no-latency", action="store_true")
     ap.add_argument("--markdown", default=str(ROOT / "BENCHMARKS.md"))
+    ap.add_argument("--report-only", action="store_true",
+                    help="rewrite the BENCHMARKS.md tables from --results; convert and time nothing")
     args = ap.parse_args()
+    if args.report_only:
+        raw = Path(args.results)
+        if not raw.is_file():
+            ap.error(f"no saved results at {raw}; run without --report-only first")
+        write_markdown(json.loads(raw.read_text()), Path(args.markdown), "--report-only of the saved results")
+        print(f"wrote {args.markdown} from {raw}", file=sys.stderr)
+        return 0
     models = args.models.split(",") if args.models else mobilevits.list_models()
     for m in models:
         mobilevits.get_model_info(m)  # unknown names fail here, before hours of work

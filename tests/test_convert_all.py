@@ -49,3 +49,21 @@ def test_markdown_replaces_only_its_block(convert_all, tmp_path):
     assert "keep" in text and "after" in text and "STALE ROW" not in text
     assert text.index("| a | executorch int8 | failed: Boom: x") < text.index("| m | tflite fp32")  # sorted
     assert "| 50% | FULLY_CONNECTED x2 | 25.0 (60) | FAIL |" in text
+
+
+def test_report_only_rewrites_the_tables_from_saved_results(convert_all, tmp_path, monkeypatch):
+    import json
+    import sys
+
+    raw, md = tmp_path / "r.json", tmp_path / "B.md"
+    rows = [{"model": "m", "backend": "tflite", "precision": "int8", "resolution": 224, "convert_s": 3.0,
+             "size_mb": 1.5, "delegation": {"fraction": 1.0, "not_delegated_ops": {}, "delegated": 9},
+             "check": {"sqnr_db": 41.0, "threshold_db": 30.0, "passed": True}}]
+    raw.write_text(json.dumps({"environment": {"cpu": "c", "cpu_count": 2, "git_commit": "abc"},
+                               "conversions": rows, "latency": None}))
+    monkeypatch.setattr(sys, "argv", ["convert_all.py", "--report-only", "--results", str(raw), "--markdown", str(md)])
+    assert convert_all.main() == 0
+    assert "| m | tflite int8 |" in md.read_text() and "41.0 (30) | pass |" in md.read_text()
+    monkeypatch.setattr(sys, "argv", ["convert_all.py", "--report-only", "--results", str(tmp_path / "none.json")])
+    with pytest.raises(SystemExit):
+        convert_all.main()
