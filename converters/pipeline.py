@@ -217,6 +217,13 @@ def convert(
     info = mobilevits.get_model_info(model)
     resolution = info.default_resolution if resolution is None else resolution
     info.check_resolution(resolution)
+    for key, value in (overrides or {}).items():
+        # the sidecar must rebuild the source from JSON; a dataclass or tensor would come back a string
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            raise ValueError(f"override {key}={value!r} is not a plain JSON value (number, string, bool or list), "
+                             "so the sidecar could not rebuild this model; register a named variant instead") from None
     out_dir = Path(out)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -225,13 +232,6 @@ def convert(
     if not os.access(out_dir, os.W_OK):
         raise PermissionError(f"output folder {out_dir} is not writable; choose another with --out")
 
-    for key, value in (overrides or {}).items():
-        # the sidecar must rebuild the source from JSON; a dataclass or tensor would come back a string
-        try:
-            json.dumps(value, allow_nan=False)
-        except (TypeError, ValueError):
-            raise ValueError(f"override {key}={value!r} is not a plain JSON value (number, string, bool or list), "
-                             "so the sidecar could not rebuild this model; register a named variant instead") from None
     source = {"name": model, "num_classes": num_classes, "resolution": resolution, "overrides": overrides or {},
               "weights": None, "seed": seed, "normalize_in_model": normalize_in_model}
     if weights is not None:
