@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/convert_all.py --resume           # go on after an interrupted run
     .venv/bin/python benchmarks/convert_all.py --models mobilevit_xxs,levit_128s --no-latency
     .venv/bin/python benchmarks/convert_all.py --report-only      # BENCHMARKS.md from the saved results
+    .venv/bin/python benchmarks/convert_all.py --resume --redo --models mobilevit_xxs --paths executorch:fp32
 
 Phase 1, per model and path (``--paths``): conversion time (export, quantise, lower; without the
 check), artifact size, delegation, and the host check (SQNR vs the PyTorch source on scikit-image's
@@ -86,6 +87,9 @@ def main() -> int:
     ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "convert_all.json"),
                     help="raw results (JSON), saved after every cell")
     ap.add_argument("--resume", action="store_true", help="keep the finished cells of --results")
+    ap.add_argument("--redo", action="store_true",
+                    help="with --resume: convert the cells of --models x --paths again even when saved "
+                         "(after a change to the models or converters); other cells are kept")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--iterations", type=int, default=30)
@@ -119,6 +123,13 @@ def main() -> int:
             data["latency"] = old.get("latency")
         else:
             print("tool versions changed since the saved run: starting over", file=sys.stderr)
+    selected = {(m, b, p) for m in models for b, p in paths}
+    if args.redo:
+        data["conversions"] = [r for r in data["conversions"]
+                               if (r["model"], r["backend"], r["precision"]) not in selected]
+        # their old timings describe artifacts that are about to be replaced
+        data["latency"] = [c for c in data["latency"] or []
+                           if (c["model"], c["runtime"], c["precision"]) not in selected] or None
     done = {(r["model"], r["backend"], r["precision"]) for r in data["conversions"]}
 
     todo = [(m, b, p) for m in models for b, p in paths if (m, b, p) not in done]

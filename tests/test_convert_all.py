@@ -67,3 +67,36 @@ def test_report_only_rewrites_the_tables_from_saved_results(convert_all, tmp_pat
     monkeypatch.setattr(sys, "argv", ["convert_all.py", "--report-only", "--results", str(tmp_path / "none.json")])
     with pytest.raises(SystemExit):
         convert_all.main()
+
+
+def test_redo_converts_saved_cells_again_and_keeps_the_rest(convert_all, tmp_path, monkeypatch):
+    import json
+    import sys
+
+    raw, md = tmp_path / "r.json", tmp_path / "B.md"
+    row = {"resolution": 224, "convert_s": 1.0, "size_mb": 1.0, "artifact": "x",
+           "delegation": {"fraction": 1.0, "not_delegated_ops": {}, "delegated": 1},
+           "check": {"sqnr_db": 70.0, "threshold_db": 60.0, "passed": True}}
+    grid = [(m, b) for m in ("mobilevit_xxs", "levit_128s") for b in ("executorch", "tflite")]
+    saved = [{"model": m, "backend": b, "precision": "fp32", **row} for m, b in grid]
+    timing = [_cell(m, b, "fp32", 1, 10.0, 9.0) for m, b in grid]
+    raw.write_text(json.dumps({"environment": convert_all.host_environment(), "conversions": saved, "latency": timing}))
+    redone = []
+
+    def fake_cell(model, backend, precision, out):
+        redone.append((model, backend, precision))
+        return {"model": model, "backend": backend, "precision": precision, **row, "convert_s": 2.0}
+
+    monkeypatch.setattr(convert_all, "convert_cell", fake_cell)
+    monkeypatch.setattr(sys, "argv", ["convert_all.py", "--resume", "--redo", "--no-latency",
+                                      "--models", "mobilevit_xxs", "--paths", "executorch:fp32", "--results",
+                                      str(raw), "--markdown", str(md), "--out", str(tmp_path / "art")])
+    assert convert_all.main() == 0
+    assert redone == [("mobilevit_xxs", "executorch", "fp32")]
+    data = json.loads(raw.read_text())
+    by = {(r["model"], r["backend"]): r["convert_s"] for r in data["conversions"]}
+    assert by == {("mobilevit_xxs", "executorch"): 2.0, ("mobilevit_xxs", "tflite"): 1.0,
+                  ("levit_128s", "executorch"): 1.0, ("levit_128s", "tflite"): 1.0}
+    # the replaced artifact's old timing is dropped, the others are kept
+    assert {(c["model"], c["runtime"]) for c in data["latency"]} == {
+        ("mobilevit_xxs", "tflite"), ("levit_128s", "executorch"), ("levit_128s", "tflite")}
