@@ -260,30 +260,44 @@ def _db(v: Any) -> str:
 
 
 def _describe_layers(c: dict[str, Any], head: int = 8, around: int = 3, tail: int = 4) -> str:
-    """The first diverging op and a short per-op SQNR table (start, around the divergence, end)."""
+    """The first diverging op and a short per-op table (start, around the divergence, end)."""
     if "layers" not in c:
         return "layers: " + c.get("layers_note", "no per-layer comparison for this artifact")
     rows, first = c["layers"], c.get("first_divergence")
+    lsb = c.get("layers_tolerance_lsb")  # TFLite int8: local error in int8 steps
     tol = c.get("layers_tolerance_db", c["threshold_db"])
-    if first:
+    if first and lsb is not None:
+        ops = "+".join(first.get("segment") or [first["op"]])
+        lines = [f"first divergence: {ops} ({first['type']}, {first['shape']}) recomputed from the "
+                 f"artifact's own inputs is {first['local_max_lsb']} int8 steps off > tolerance {lsb}"]
+    elif first:
         lines = [f"first divergence: op {first['op']!r} ({first['type']}, output {first['output']} "
                  f"{first['shape']}) SQNR {_db(first['sqnr_db'])} dB < tolerance {tol:g} dB ({first['status']})"]
     else:
-        lines = [f"first divergence: none (every compared op within {tol:g} dB)"]
+        within = f"{lsb} int8 step locally" if lsb is not None else f"{tol:g} dB"
+        lines = [f"first divergence: none (every compared op within {within})"]
     lines.append(c.get("layers_note", ""))
     show = set(range(min(head, len(rows)))) | set(range(max(0, len(rows) - tail), len(rows)))
     if first:
         k = rows.index(first)
         show |= set(range(max(0, k - around), min(len(rows), k + around + 1)))
-    lines.append(f"{'#':>5}  {'op type':<22} {'output':<40} {'SQNR dB':>8}  status")
+    if lsb is not None:
+        lines.append(f"{'#':>5}  {'op type':<18} {'PyTorch op':<32} {'SQNR dB':>8} {'local':>6} {'flips':>7}  status")
+    else:
+        lines.append(f"{'#':>5}  {'op type':<22} {'output':<40} {'SQNR dB':>8}  status")
     last = -1
     for i in sorted(show):
         if i != last + 1:
             lines.append(f"{'...':>5}")
         r = rows[i]
         mark = " <--" if r is first else ""
-        lines.append(f"{r['index']:>5}  {r['type']:<22} {r['output'][:40]:<40} {_db(r['sqnr_db']):>8}  "
-                     f"{r['status']}{mark}")
+        if lsb is not None:
+            ops = "+".join(r.get("segment") or [r["op"]])
+            lines.append(f"{r['index']:>5}  {r['type']:<18} {ops[:32]:<32} {_db(r['sqnr_db']):>8} "
+                         f"{r['local_max_lsb']:>6} {100 * r['local_flips']:>6.2f}%  {r['status']}{mark}")
+        else:
+            lines.append(f"{r['index']:>5}  {r['type']:<22} {r['output'][:40]:<40} {_db(r['sqnr_db']):>8}  "
+                         f"{r['status']}{mark}")
         last = i
     return "\n".join(lines)
 
@@ -333,7 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=_positive_int, help="use at most this many images")
     s.add_argument("--threads", type=_positive_int, default=1)
     s.add_argument("--layers", action="store_true",
-                   help="Core ML: compare every op with the PyTorch graph and name the first that diverges")
+                   help="Core ML and int8 TFLite: compare every op with the PyTorch graph and name the first "
+                        "that diverges")
     s.add_argument("--json", action="store_true", help="print one JSON object for machines")
     s.set_defaults(func=cmd_check)
 

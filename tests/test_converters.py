@@ -103,6 +103,21 @@ def test_coreml_precisions(precision, out):
         assert any("constexpr" in op for op in hist), hist
 
 
+@pytest.mark.slow
+def test_check_layers_of_an_int8_tflite_model(out):
+    art = out / f"mobilevit_tiny_{_res('mobilevit_tiny')}_tflite_int8.tflite"
+    if not art.exists():  # made by test_int8_matches_quantized_pytorch when the whole file runs
+        art = Path(_convert("mobilevit_tiny", "tflite", "int8", out, check=False)["artifact"])
+    c = check_artifact(art, limit=2, show_progress=False, layers=True)
+    assert c["layers_tolerance_lsb"] == 1 and c["layers_unmatched"] == []
+    kinds = {r["type"] for r in c["layers"]}
+    assert {"CONV_2D", "FULLY_CONNECTED"} <= kinds, kinds
+    # every op, recomputed from the artifact's own int8 inputs, within one rounding step of PyTorch
+    assert c["first_divergence"] is None, c["first_divergence"]
+    assert "per-op comparison on the first image" in c["layers_note"] and "WARNING" not in c["layers_note"]
+    assert "layers" not in read_sidecar(art)["check"]  # the per-op table stays out of the sidecar
+
+
 def test_check_reports_accuracy_on_labelled_data(out):
     r = _convert("mobilenetv3_tiny", "tflite", "fp32", out, check=False)
     c = check_artifact(r["artifact"], data="digits", limit=20, show_progress=False)
