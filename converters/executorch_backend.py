@@ -123,3 +123,48 @@ def _set_threads(n: int) -> None:
             _unsafe_reset_threadpool(int(n))
     except Exception:  # older/newer builds without the hook: keep the default pool
         pass
+
+
+def compare_layers(path: Path, graph: torch.nn.Module, x: torch.Tensor) -> dict[str, Any]:
+    """Every int8 activation of an ExecuTorch int8 program against the quantised PyTorch graph (see
+    :func:`converters.int8_layers.local_layer_report`), on one image ``x`` of shape (1, 3, H, W).
+
+    XNNPACK computes a whole delegate at once, so the activations are read from a twin program:
+    the same quantised graph, each activation's int8 tensor tapped as an extra output (ExecuTorch's
+    ``intermediate_output_tap``), lowered the same way. ``runtime_identical``: the twin's logits
+    equal the artifact's, so the taps did not change what was computed.
+    """
+    import copy
+
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.devtools.intermediate_output_tap import FULL_TENSOR, strip_taps_, tap_intermediate_outputs_
+    from executorch.exir import to_edge_transform_and_lower
+    from executorch.runtime import Runtime
+
+    from .int8_layers import activation_quantizes, local_layer_report
+
+    x = x[:1].contiguous()
+    with quiet():
+        ep = torch.export.export(graph, (x,))
+    reference = copy.deepcopy(ep).module()  # same node names as ep's graph
+    wanted = {n.name for n in activation_quantizes(reference)}
+    with quiet():
+        ep, specs = tap_intermediate_outputs_(ep, [(lambda n: n.name in wanted, FULL_TENSOR)])
+        edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
+        strip_taps_(edge)
+        program = edge.to_executorch()
+        method = Runtime.get().load_program(program.buffer).load_method("forward")
+        outs = method.execute([x])
+    taps = {s.node_name: outs[s.output_index] for s in specs}
+
+    def lookup(node: torch.fx.Node, value: torch.Tensor, scale: float, zp: int) -> tuple[str, torch.Tensor] | None:
+        got = taps.get(node.name)
+        if got is None or got.numel() != value.numel():
+            return None
+        op = str(getattr(node.args[0], "target", "input")).replace("aten.", "").split(".")[0]
+        return f"{op} (XNNPACK)", got.reshape(value.shape).to(torch.int8)
+
+    rep = local_layer_report(reference, x, lookup)
+    deployed = ExecuTorchConverter().run(path, x.numpy())
+    rep["runtime_identical"] = bool(np.array_equal(outs[0].numpy(), deployed))
+    return rep

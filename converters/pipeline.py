@@ -419,9 +419,9 @@ def check_artifact(
     ``MLModel.predict`` runs as well and both are reported (``coreml_predict``,
     ``executor_vs_coreml_sqnr_db``) and must both pass. ``layers``: for a Core ML package, every op
     output against the PyTorch graph on the first image, naming the first below the precision's per-op
-    tolerance (``LAYER_TOLERANCES_DB``); for an int8 TFLite model, every int8 activation against the
-    quantised graph, each op also recomputed from the artifact's own inputs
-    (:func:`converters.tflite_backend.compare_layers`). The per-op report does not change ``passed``.
+    tolerance (``LAYER_TOLERANCES_DB``); for an int8 TFLite or ExecuTorch model, every int8 activation
+    against the quantised graph, each op also recomputed from the artifact's own inputs
+    (:mod:`converters.int8_layers`). The per-op report does not change ``passed``.
     An op the executor does not implement fails the check with the op's name and the package's op
     histogram. The result is also stored in the artifact's sidecar.
     """
@@ -448,10 +448,11 @@ def check_artifact(
         ok, why = False, "an ExecuTorch program with the Core ML delegate runs only on Apple devices"
     # Core ML packages run everywhere through the NumPy MIL executor (it needs coremltools only to read them).
     mil = meta["backend"] == "coreml" and conv.availability()[0]
-    tflite_layers = layers and meta["backend"] == "tflite" and precision == "int8"
-    if layers and not (mil or tflite_layers):
+    # (an ExecuTorch program with the Core ML delegate is not ``ok`` here)
+    int8_layers = layers and precision == "int8" and ok and meta["backend"] in ("tflite", "executorch")
+    if layers and not (mil or int8_layers):
         result["layers_note"] = ("per-layer comparison is available for Core ML packages (NumPy MIL executor) and "
-                                 "int8 TFLite models (tensors matched by their quantisation parameters) only")
+                                 "int8 TFLite and ExecuTorch (XNNPACK) models on a host that runs them")
     problems = conv.validate(artifact, tuple(meta["input"]["shape"]), meta["source"]["num_classes"]) \
         if hasattr(conv, "validate") and (mil or not ok) else []
     structural = ("structural validation passed (loads; input/output names, shapes and types as declared; "
@@ -512,9 +513,9 @@ def check_artifact(
             example = qref if qref is not None else src
             result.update(_layer_report(program, example, x[:1], tuple(meta["input"]["shape"]),
                                         LAYER_TOLERANCES_DB[precision]))
-    if tflite_layers:
+    if int8_layers:
         if isinstance(qref, torch.fx.GraphModule):
-            result.update(_tflite_layer_report(artifact, qref, x[:1]))
+            result.update(_int8_layer_report(meta["backend"], artifact, qref, x[:1]))
         else:
             result["layers_note"] = "per-op comparison needs the quantised PyTorch graph; the sidecar records none"
     if not result["note"]:
@@ -580,19 +581,26 @@ def _layer_report(program: Any, module: torch.nn.Module, x: torch.Tensor, input_
             "layers_tolerance_db": tolerance_db, "layers_unmatched": rep["unmatched"]}
 
 
-def _tflite_layer_report(artifact: Path, qref: torch.fx.GraphModule, x: torch.Tensor) -> dict[str, Any]:
-    """``layers`` / ``first_divergence`` / ``layers_note`` of an int8 TFLite check (first image only)."""
-    from .tflite_backend import LOCAL_TOLERANCE_LSB, compare_layers
+def _int8_layer_report(backend: str, artifact: Path, qref: torch.fx.GraphModule, x: torch.Tensor) -> dict[str, Any]:
+    """``layers`` / ``first_divergence`` / ``layers_note`` of an int8 TFLite or ExecuTorch check (first image)."""
+    from .int8_layers import LOCAL_TOLERANCE_LSB
 
+    if backend == "tflite":
+        from .tflite_backend import compare_layers
+
+        how = "int8 activations matched a quantize node of the PyTorch graph"
+    else:
+        from .executorch_backend import compare_layers
+
+        how = "int8 activations read from a twin program that taps them as outputs"
     rep = compare_layers(artifact, qref, x)
     within = sum(r["status"] == "ok" for r in rep["layers"])
-    note = (f"per-op comparison on the first image: {rep['compared']} of {rep['total']} int8 activations matched a "
-            f"quantize node of the PyTorch graph; SQNR is cumulative (the graph run on its own), 'local' recomputes "
-            f"each op from the artifact's own int8 inputs: {within} of {rep['compared']} within "
-            f"{LOCAL_TOLERANCE_LSB} LSB (rounding ties)")
+    note = (f"per-op comparison on the first image: {rep['compared']} of {rep['total']} {how}; SQNR is cumulative "
+            f"(the graph run on its own), 'local' recomputes each op from the artifact's own int8 inputs: {within} "
+            f"of {rep['compared']} within {LOCAL_TOLERANCE_LSB} int8 step (rounding ties)")
     if not rep["runtime_identical"]:
-        note += ("; WARNING: the interpreter that keeps every tensor gave a different output from the normal one, "
-                 "so the tensors shown may not be what the deployed model computes")
+        note += ("; WARNING: the inspected run's output differs from the artifact's, so the tensors shown may not be "
+                 "what the deployed model computes")
     return {"layers": rep["layers"], "first_divergence": rep["first_divergence"], "layers_note": note,
             "layers_tolerance_lsb": LOCAL_TOLERANCE_LSB, "layers_unmatched": rep["unmatched"]}
 

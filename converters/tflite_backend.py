@@ -299,33 +299,20 @@ def _patch_litert_qat_pattern_helper() -> None:
 # per-op comparison of an int8 .tflite with its quantised PyTorch graph
 # --------------------------------------------------------------------------------------------
 
-LOCAL_TOLERANCE_LSB = 1  # a rounding tie broken the other way moves a value by one int8 step, never more
-
 
 def compare_layers(path: Path, graph: torch.nn.Module, x: torch.Tensor) -> dict[str, Any]:
-    """Compare every int8 activation of a ``.tflite`` with the quantised PyTorch graph, op by op.
+    """Every int8 activation of a ``.tflite`` against the quantised PyTorch graph (see
+    :func:`converters.int8_layers.local_layer_report`), on one image ``x`` of shape (1, 3, H, W).
 
-    Each ``quantize_per_tensor`` of an activation in ``graph`` (the ``convert_pt2e`` result) closes a
-    segment (a conv or linear with its requantisation, a float LayerNorm between dequantize and
-    quantize, ...). The artifact's int8 tensors are matched to those nodes by their quantisation
-    parameters (scale, zero point, element count; when a transpose or reshape shares them, the
-    layout that agrees best is taken), read from the interpreter with every tensor preserved, on one
-    image ``x`` of shape (1, 3, H, W).
-
-    Two numbers per segment: ``sqnr_db``, the artifact's tensor against the PyTorch graph run on its
-    own (differences accumulate from layer to layer), and ``local_max_lsb`` / ``local_flips``, the
-    segment recomputed in PyTorch from the artifact's own int8 inputs, so only that segment's
-    arithmetic differs. A segment whose local result is more than ``LOCAL_TOLERANCE_LSB`` int8 step
-    away anywhere is a divergence: rounding ties cannot explain it.
-
-    Returns ``layers`` (rows in graph order), ``first_divergence``, ``compared``, ``total``,
-    ``unmatched`` (node names), and ``runtime_identical`` (the interpreter that preserves every
-    tensor gave the same output as the normal one, so what was inspected is what ``run`` computes).
+    The interpreter keeps every tensor; its int8 tensors are matched to the graph's quantize nodes by
+    quantisation parameters (scale, zero point, element count; when a transpose or reshape shares
+    them, the layout that agrees best is taken). ``runtime_identical``: that interpreter gave the
+    same output as the normal one, so what was inspected is what ``run`` computes.
     """
     from ai_edge_litert.interpreter import Interpreter
 
-    if not isinstance(graph, torch.fx.GraphModule):
-        raise TypeError("compare_layers needs the quantised fx graph (convert_pt2e's result)")
+    from .int8_layers import local_layer_report
+
     x = x[:1].contiguous()
     with quiet():
         it = Interpreter(model_path=str(path), experimental_preserve_all_tensors=True, num_threads=1)
@@ -334,7 +321,6 @@ def compare_layers(path: Path, graph: torch.nn.Module, x: torch.Tensor) -> dict[
     it.set_tensor(inp["index"], x.numpy().astype(np.float32))
     it.invoke()
     final = it.get_tensor(out["index"]).copy()
-    runtime_identical = bool(np.array_equal(final, TFLiteConverter().run(path, x.numpy())))
 
     # int8 tensors by (scale, zero point): (producing op, tensor); per-channel weights have many scales
     by_qparams: dict[tuple[float, int], list[tuple[str, np.ndarray]]] = {}
@@ -346,99 +332,20 @@ def compare_layers(path: Path, graph: torch.nn.Module, x: torch.Tensor) -> dict[
                 by_qparams.setdefault((float(np.float32(scale)), int(zp)), []).append(
                     (op["op_name"], it.get_tensor(t_idx).copy()))
 
-    def views(t: np.ndarray, shape: torch.Size) -> list[torch.Tensor]:
-        # the same data in PyTorch's layout: as is, or from NHWC when litert-torch kept channels last
-        out = []
-        if t.size == shape.numel():
-            out.append(torch.from_numpy(np.ascontiguousarray(t)).reshape(shape))
-            if t.ndim == 4:
-                out.append(torch.from_numpy(np.ascontiguousarray(t.transpose(0, 3, 1, 2))).reshape(shape))
-        return out
+    def lookup(node: torch.fx.Node, value: torch.Tensor, scale: float, zp: int) -> tuple[str, torch.Tensor] | None:
+        best: tuple[str, torch.Tensor, torch.Tensor] | None = None
+        for tfl_op, t in by_qparams.get((float(np.float32(scale)), zp), []):
+            if t.size != value.numel():
+                continue
+            # the same data in PyTorch's layout: as is, or from NHWC where litert-torch kept channels last
+            views = [t] + ([t.transpose(0, 3, 1, 2)] if t.ndim == 4 else [])
+            for v in views:
+                v = torch.from_numpy(np.ascontiguousarray(v)).reshape(value.shape)
+                err = (v.int() - value.int()).abs().float().mean()
+                if best is None or err < best[2]:
+                    best = (tfl_op, v, err)
+        return None if best is None else best[:2]
 
-    live = _depends_on_input(graph)
-    rows: list[dict[str, Any]] = []
-    unmatched: list[str] = []
-    clean: dict[str, torch.Tensor] = {}  # the PyTorch graph on its own, for the cumulative SQNR
-
-    class _Isolated(torch.fx.Interpreter):
-        """Runs the graph with each matched quantize replaced by the artifact's tensor."""
-
-        def run_node(self, n: torch.fx.Node) -> Any:
-            value = super().run_node(n)
-            if not (_is_quantize(n) and n.name in live):
-                return value
-            args, _ = self.fetch_args_kwargs_from_env(n)
-            scale, zp = float(np.float32(args[1])), int(args[2])
-            best = None
-            for tfl_op, t in by_qparams.get((scale, zp), []):
-                for v in views(t, value.shape):
-                    err = (v.int() - value.int()).abs()
-                    if best is None or err.float().mean() < best[2].float().mean():
-                        best = (tfl_op, v, err)
-            if best is None:
-                unmatched.append(n.name)
-                return value
-            tfl_op, v, err = best
-            producer = n.args[0]
-            ref = clean.get(n.name)
-            row = {"index": len(rows), "op": producer.name, "type": tfl_op, "output": n.name,
-                   "segment": _segment(producer, live), "shape": list(value.shape),
-                   "sqnr_db": _dequant_sqnr(ref, v, scale, zp) if ref is not None else None,
-                   "local_max_lsb": int(err.max()), "local_flips": float((err > 0).float().mean())}
-            row["status"] = "ok" if row["local_max_lsb"] <= LOCAL_TOLERANCE_LSB else "diverged"
-            rows.append(row)
-            return v.to(value.dtype)
-
-    class _Clean(torch.fx.Interpreter):
-        def run_node(self, n: torch.fx.Node) -> Any:
-            value = super().run_node(n)
-            if _is_quantize(n) and n.name in live:
-                clean[n.name] = value
-            return value
-
-    with torch.no_grad(), quiet():
-        _Clean(graph).run(x)
-        _Isolated(graph).run(x)
-    first = next((r for r in rows if r["status"] != "ok"), None)
-    return {"layers": rows, "first_divergence": first, "compared": len(rows), "total": len(rows) + len(unmatched),
-            "unmatched": unmatched, "runtime_identical": runtime_identical}
-
-
-def _is_quantize(n: torch.fx.Node) -> bool:
-    # by name: the quantized_decomposed namespace exists only once torchao has registered it
-    return n.op == "call_function" and str(n.target).startswith("quantized_decomposed.quantize_per_tensor")
-
-
-def _depends_on_input(graph: torch.fx.GraphModule) -> set[str]:
-    """Names of the nodes computed from the graph's input (activations, not weights)."""
-    live: set[str] = set()
-    for n in graph.graph.nodes:
-        if n.op == "placeholder" or any(a.name in live for a in n.all_input_nodes):
-            live.add(n.name)
-    return live
-
-
-def _segment(last: Any, live: set[str]) -> list[str]:
-    """The PyTorch ops between the segment's dequantized inputs and ``last`` (its output), in order."""
-    seen: dict[str, Any] = {}
-    stack = [last]
-    while stack:
-        n = stack.pop()
-        if not isinstance(n, torch.fx.Node) or n.name in seen or n.name not in live or n.op != "call_function":
-            continue
-        if str(n.target).startswith("quantized_decomposed.dequantize"):
-            continue
-        if not isinstance(n.meta.get("val", torch.empty(0)), torch.Tensor):
-            continue  # shape arithmetic of a dynamic batch (sym_size, mul of SymInts), not a tensor op
-        seen[n.name] = n
-        stack.extend(n.all_input_nodes)
-    order = {n: i for i, n in enumerate(last.graph.nodes)}
-    return [n.name for n in sorted(seen.values(), key=order.__getitem__)]
-
-
-def _dequant_sqnr(ref: torch.Tensor, got: torch.Tensor, scale: float, zp: int) -> float:
-    from .compare import sqnr_db
-
-    a = (ref.double() - zp) * scale
-    b = (got.double() - zp) * scale
-    return sqnr_db(a.numpy(), b.numpy())
+    rep = local_layer_report(graph, x, lookup)
+    rep["runtime_identical"] = bool(np.array_equal(final, TFLiteConverter().run(path, x.numpy())))
+    return rep

@@ -347,8 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=_positive_int, help="use at most this many images")
     s.add_argument("--threads", type=_positive_int, default=1)
     s.add_argument("--layers", action="store_true",
-                   help="Core ML and int8 TFLite: compare every op with the PyTorch graph and name the first "
-                        "that diverges")
+                   help="Core ML, int8 TFLite and int8 ExecuTorch: compare every op with the PyTorch graph "
+                        "and name the first that diverges")
     s.add_argument("--json", action="store_true", help="print one JSON object for machines")
     s.set_defaults(func=cmd_check)
 

@@ -1,4 +1,5 @@
-"""`check --layers` for int8 TFLite: the artifact's tensors against the quantised PyTorch graph, op by op."""
+"""`check --layers` for int8 TFLite and ExecuTorch: the artifact's tensors against the quantised PyTorch graph,
+op by op, each op also recomputed from the artifact's own int8 inputs."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from torch import nn
 
 pytest.importorskip("litert_torch")
 pytest.importorskip("ai_edge_litert")
+pytest.importorskip("executorch")
 
+from converters import executorch_backend  # noqa: E402
 from converters.pipeline import calibrate_and_quantize  # noqa: E402
 from converters.tflite_backend import TFLiteConverter, compare_layers  # noqa: E402
 
@@ -31,20 +34,21 @@ class _ResizeNet(nn.Module):
         return self.c(torch.relu(self.b(y)))
 
 
-def _int8_tflite(quantizer, path: Path) -> tuple[torch.fx.GraphModule, torch.Tensor]:
-    torch.manual_seed(0)
+def _int8(quantizer, path: Path, converter=None, seed: int = 0) -> tuple[torch.fx.GraphModule, torch.Tensor]:
+    converter = converter or TFLiteConverter()
+    torch.manual_seed(seed)
     net = _ResizeNet().eval()
     data = torch.rand(8, 3, 9, 9) * 2 - 1
-    q = calibrate_and_quantize(net, quantizer, data, fold_quantize=False)
+    q = calibrate_and_quantize(net, quantizer, data, fold_quantize=converter.fold_quantize)
     program = torch.export.export(q, (data[:1],))
-    TFLiteConverter().lower(program, "int8", path, quantized=True, quantizer=quantizer, module=q)
+    converter.lower(program, "int8", path, quantized=True, quantizer=quantizer, module=q)
     return q, data[:1]
 
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
     path = tmp_path_factory.mktemp("tfl") / "resize_int8.tflite"
-    q, x = _int8_tflite(TFLiteConverter().quantizer("int8"), path)
+    q, x = _int8(TFLiteConverter().quantizer("int8"), path)
     return path, q, x
 
 
@@ -98,8 +102,24 @@ def test_resize_shares_its_input_quantisation_as_litert_runs_it(tmp_path):
     from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
 
     plain = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    q, x = _int8_tflite(plain, tmp_path / "plain.tflite")
+    q, x = _int8(plain, tmp_path / "plain.tflite")
     rep = compare_layers(tmp_path / "plain.tflite", q, x)
     first = rep["first_divergence"]
     assert first is not None and first["segment"] == ["upsample_bilinear2d"] and first["local_max_lsb"] > 1, first
     assert rep["unmatched"]  # the conv's own quantize has no counterpart in the artifact
+
+
+def test_executorch_activations_tapped_through_the_delegate_match_within_one_step(tmp_path):
+    conv = executorch_backend.ExecuTorchConverter()
+    q, x = _int8(conv.quantizer("int8"), tmp_path / "net.pte", conv)
+    rep = executorch_backend.compare_layers(tmp_path / "net.pte", q, x)
+    assert rep["runtime_identical"]  # the tapped twin computes what the artifact computes
+    assert rep["unmatched"] == [] and rep["compared"] >= 4
+    assert [r["segment"] for r in rep["layers"]][1:] == [["conv2d", "relu"], ["upsample_bilinear2d"],
+                                                         ["conv2d_1", "relu_1"], ["conv2d_2"]]
+    assert rep["first_divergence"] is None, rep["first_divergence"]
+    assert rep["layers"][0]["sqnr_db"] == float("inf")
+
+    # an artifact that is not this graph's lowering (other weights) is flagged, not silently inspected
+    _int8(conv.quantizer("int8"), tmp_path / "other.pte", conv, seed=1)
+    assert not executorch_backend.compare_layers(tmp_path / "other.pte", q, x)["runtime_identical"]
