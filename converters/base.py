@@ -140,6 +140,13 @@ class Converter(ABC):
         """Re-derive the delegation report from an artifact (the sidecar already stores it)."""
         return Delegation(note="not available for this backend")
 
+    # how ``compare_layers`` reads an int8 artifact's activations; empty: this backend has no per-op check
+    layers_source = ""
+
+    def compare_layers(self, path: Path, graph: Any, x: Any) -> dict[str, Any]:
+        """Per-op int8 comparison with the quantised graph (see :mod:`converters.int8_layers`)."""
+        raise NotImplementedError(f"no per-op int8 comparison for {self.name}")
+
     def io_names(self) -> tuple[str, str]:
         return "image", "logits"
 

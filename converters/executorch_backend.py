@@ -55,6 +55,11 @@ class ExecuTorchConverter(Converter):
     packages = ("executorch.exir", "executorch.backends.xnnpack.partition.xnnpack_partitioner")
     runtime_packages = ("executorch.runtime",)
     delegates = ("xnnpack", "coreml")
+    layers_source = "int8 activations read from a twin program that taps them as outputs"
+
+    def compare_layers(self, path: Path, graph: Any, x: Any) -> dict[str, Any]:
+        return compare_layers(path, graph, x)
+
 
     def quantizer(self, precision: str, qat: bool = False):
         if precision != "int8":

@@ -449,7 +449,7 @@ def check_artifact(
     # Core ML packages run everywhere through the NumPy MIL executor (it needs coremltools only to read them).
     mil = meta["backend"] == "coreml" and conv.availability()[0]
     # (an ExecuTorch program with the Core ML delegate is not ``ok`` here)
-    int8_layers = layers and precision == "int8" and ok and meta["backend"] in ("tflite", "executorch")
+    int8_layers = layers and precision == "int8" and ok and bool(conv.layers_source)
     if layers and not (mil or int8_layers):
         result["layers_note"] = ("per-layer comparison is available for Core ML packages (NumPy MIL executor) and "
                                  "int8 TFLite and ExecuTorch (XNNPACK) models on a host that runs them")
@@ -515,7 +515,7 @@ def check_artifact(
                                         LAYER_TOLERANCES_DB[precision]))
     if int8_layers:
         if isinstance(qref, torch.fx.GraphModule):
-            result.update(_int8_layer_report(meta["backend"], artifact, qref, x[:1]))
+            result.update(_int8_layer_report(conv, artifact, qref, x[:1]))
         else:
             result["layers_note"] = "per-op comparison needs the quantised PyTorch graph; the sidecar records none"
     if not result["note"]:
@@ -581,19 +581,13 @@ def _layer_report(program: Any, module: torch.nn.Module, x: torch.Tensor, input_
             "layers_tolerance_db": tolerance_db, "layers_unmatched": rep["unmatched"]}
 
 
-def _int8_layer_report(backend: str, artifact: Path, qref: torch.fx.GraphModule, x: torch.Tensor) -> dict[str, Any]:
+def _int8_layer_report(conv: Converter, artifact: Path, qref: torch.fx.GraphModule, x: torch.Tensor
+                       ) -> dict[str, Any]:
     """``layers`` / ``first_divergence`` / ``layers_note`` of an int8 TFLite or ExecuTorch check (first image)."""
     from .int8_layers import LOCAL_TOLERANCE_LSB
 
-    if backend == "tflite":
-        from .tflite_backend import compare_layers
-
-        how = "int8 activations matched a quantize node of the PyTorch graph"
-    else:
-        from .executorch_backend import compare_layers
-
-        how = "int8 activations read from a twin program that taps them as outputs"
-    rep = compare_layers(artifact, qref, x)
+    rep = conv.compare_layers(artifact, qref, x)
+    how = conv.layers_source
     within = sum(r["status"] == "ok" for r in rep["layers"])
     note = (f"per-op comparison on the first image: {rep['compared']} of {rep['total']} {how}; SQNR is cumulative "
             f"(the graph run on its own), 'local' recomputes each op from the artifact's own int8 inputs: {within} "

@@ -25,6 +25,11 @@ class TFLiteConverter(Converter):
     packages = ("litert_torch",)
     runtime_packages = ("ai_edge_litert.interpreter",)
     fold_quantize = False
+    layers_source = "int8 activations matched a quantize node of the PyTorch graph"
+
+    def compare_layers(self, path: Path, graph: Any, x: Any) -> dict[str, Any]:
+        return compare_layers(path, graph, x)
+
 
     def quantizer(self, precision: str, qat: bool = False):
         if precision != "int8":
