@@ -142,6 +142,9 @@ class Converter(ABC):
 
     # how ``compare_layers`` reads an int8 artifact's activations; empty: this backend has no per-op check
     layers_source = ""
+    # whether an int8 op more than one int8 step off fails ``check --layers``: true where the runtime computes
+    # an int8 program's float parts in fp32, as the quantised PyTorch graph does
+    layers_verdict: ClassVar[bool] = True
 
     def compare_layers(self, path: Path, graph: Any, x: Any) -> dict[str, Any]:
         """Per-op int8 comparison with the quantised graph (see :mod:`converters.int8_layers`)."""

@@ -28,6 +28,13 @@ class CoreMLConverter(Converter):
     suffix = ".mlpackage"
     precisions = ("fp32", "fp16", "int8", "w8")
     packages = ("coremltools",)
+    layers_source = "int8 activations from the NumPy MIL executor's run of the ML program"
+    # a W8A8 ML program runs its float parts in fp16: LayerNorm's variance alone moves its output several
+    # int8 steps from the fp32 graph, so the per-op table is reported (worst op first) without a verdict
+    layers_verdict = False
+
+    def compare_layers(self, path: Path, graph: Any, x: Any) -> dict[str, Any]:
+        return compare_layers(path, graph, x)
 
     def runtime_availability(self) -> tuple[bool, str]:
         if sys.platform != "darwin":
@@ -183,3 +190,55 @@ def op_histogram(path: Path) -> dict[str, int]:
         block = func.block_specializations[func.opset]
         counts.update(op.type for op in block.operations if op.type != "const")
     return dict(counts)
+
+
+def compare_layers(path: Path, graph: torch.nn.Module, x: torch.Tensor) -> dict[str, Any]:
+    """Every int8 activation of a W8A8 ML program against the quantised PyTorch graph (see
+    :func:`converters.int8_layers.local_layer_report`), on one image ``x`` of shape (1, 3, H, W).
+
+    The NumPy MIL executor runs the program and keeps every variable; each ``quantize`` op's int8
+    output is matched to the graph's quantize node by scale (rounded to fp16, as the program stores
+    it), zero point and element count, in program order. ``runtime_identical``: the capturing run
+    gave the same output as a plain run of the executor.
+    """
+    from .int8_layers import local_layer_report
+    from .mil_executor import load_mlpackage
+
+    x = x[:1].contiguous()
+    program = load_mlpackage(path)
+    in_name, out_name = CoreMLConverter().io_names()
+    outputs, captured = program.run({in_name: x.numpy().astype(np.float32)}, capture=True)
+
+    def const(binding: list[tuple[str, Any]] | None) -> np.ndarray | None:
+        if not binding:
+            return None
+        kind, v = binding[0]
+        return np.asarray(program.consts.get(v) if kind == "var" else v)
+
+    by_qparams: dict[tuple[float, int], list[tuple[str, np.ndarray]]] = {}
+    for op in program.ops:
+        scale, zp = const(op.inputs.get("scale")), const(op.inputs.get("zero_point"))
+        if op.type != "quantize" or scale is None or scale.size != 1:
+            continue
+        t = np.asarray(captured[op.output_names[0]]).astype(np.int32)
+        zp_i = 0 if zp is None else int(zp.reshape(-1)[0])
+        if op.outputs[0][1].dtype is np.uint8:  # coremltools stores an int8 tensor of zero point z as uint8, z + 128
+            t, zp_i = t - 128, zp_i - 128
+        by_qparams.setdefault((float(np.float16(scale.reshape(-1)[0])), zp_i), []).append((op.name, t))
+
+    def lookup(node: torch.fx.Node, value: torch.Tensor, scale: float, zp: int) -> tuple[str, torch.Tensor] | None:
+        # several tensors can share quantisation parameters (a reshape keeps its input's): take the closest
+        best: tuple[str, torch.Tensor, float] | None = None
+        for name, t in by_qparams.get((float(np.float16(scale)), zp), []):
+            if t.size != value.numel():
+                continue
+            v = torch.from_numpy(t.astype(np.int8)).reshape(value.shape)
+            err = float((v.int() - value.int()).abs().float().mean())
+            if best is None or err < best[2]:
+                best = (f"{name} (MIL)", v, err)
+        return None if best is None else best[:2]
+
+    rep = local_layer_report(graph, x, lookup)
+    plain = program.run({in_name: x.numpy().astype(np.float32)})
+    rep["runtime_identical"] = bool(np.array_equal(np.asarray(outputs[out_name]), np.asarray(plain[out_name])))
+    return rep

@@ -83,6 +83,31 @@ def local_layer_report(graph: torch.nn.Module, x: torch.Tensor, lookup: Lookup) 
             "unmatched": unmatched}
 
 
+def without_activation_quantization(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """A copy of a quantised graph with every activation quantize -> dequantize pair removed.
+
+    Weights stay exactly as the quantised graph holds them (int8 constants and their dequantize, or
+    float weights behind their own quantize/dequantize), so this is "the same weights without
+    activation quantisation": the float model a QAT graph is measured against (its fine-tuned weights,
+    not the model QAT started from).
+    """
+    import copy
+
+    if not isinstance(graph, torch.fx.GraphModule):
+        raise TypeError("removing activation quantisation needs the quantised fx graph (convert_pt2e's result)")
+    twin = copy.deepcopy(graph)
+    for q in activation_quantizes(twin):
+        for user in list(q.users):
+            if str(user.target).startswith("quantized_decomposed.dequantize_per_tensor"):
+                user.replace_all_uses_with(q.args[0])
+                twin.graph.erase_node(user)
+        if not q.users:
+            twin.graph.erase_node(q)
+    twin.graph.lint()
+    twin.recompile()
+    return twin
+
+
 def activation_quantizes(graph: torch.fx.GraphModule) -> list[torch.fx.Node]:
     """The graph's ``quantize_per_tensor`` nodes of activations (computed from the input, not weights)."""
     live = _depends_on_input(graph)

@@ -34,7 +34,7 @@ from .base import (
     remove_path,
     tool_versions,
 )
-from .compare import THRESHOLDS_DB, accuracy, compare, sqnr_db
+from .compare import THRESHOLDS_DB, accuracy, compare, int8_verdict, sqnr_db
 
 SIDECAR_FORMAT = "mobilevits-artifact/1"
 
@@ -413,15 +413,21 @@ def check_artifact(
 ) -> dict[str, Any]:
     """Run an artifact and its rebuilt PyTorch source on the same images and compare them.
 
-    int8 artifacts are compared with the quantised PyTorch model (the pass criterion) and with the
-    float model (reported). A Core ML package is executed by the NumPy MIL executor
-    (``converters.mil_executor``) on every host, after its structural validation; on macOS
+    int8 artifacts are compared with the quantised PyTorch model and judged by the int8 rule
+    (``compare.int8_verdict``: SQNR >= 30 dB, or on >= 100 images a margin over the quantisation
+    noise with >= 95% top-1 agreement); ``rule``, ``margin_db``, ``sqnr_quantised_vs_float_db`` and
+    ``images`` say how it was decided. The SQNR against the float source is reported too.
+    A Core ML package is executed by the NumPy MIL executor (``converters.mil_executor``) on every host,
+    after its structural validation; on macOS
     ``MLModel.predict`` runs as well and both are reported (``coreml_predict``,
     ``executor_vs_coreml_sqnr_db``) and must both pass. ``layers``: for a Core ML package, every op
     output against the PyTorch graph on the first image, naming the first below the precision's per-op
     tolerance (``LAYER_TOLERANCES_DB``); for an int8 TFLite or ExecuTorch model, every int8 activation
     against the quantised graph, each op also recomputed from the artifact's own inputs
-    (:mod:`converters.int8_layers`). The per-op report does not change ``passed``.
+    (:mod:`converters.int8_layers`; a W8A8 Core ML package the same way, from the MIL executor's
+    tensors). For int8 TFLite and ExecuTorch, an op off by more than one int8 step fails the check,
+    named in ``rule_note`` worst first (Core ML: named, not judged, as its float parts run in fp16);
+    for the other precisions the per-op report does not change ``passed``.
     An op the executor does not implement fails the check with the op's name and the package's op
     histogram. The result is also stored in the artifact's sidecar.
     """
@@ -441,15 +447,17 @@ def check_artifact(
         "artifact": str(artifact), "runtime": conv.name, "precision": precision, "data": ds.source,
         "sqnr_db": None, "max_abs_error": None, "cosine": None, "top1_agreement": None, "top5_agreement": None,
         "sqnr_vs_float_db": None, "accuracy": None, "threshold_db": threshold, "passed": False, "note": "",
-        "reference": "float PyTorch model",
+        "reference": "float PyTorch model", "rule": None, "images": None,
     }
+    if precision == "int8":
+        result.update(sqnr_quantised_vs_float_db=None, margin_db=None)
     ok, why = conv.runtime_availability()
     if meta["backend"] == "executorch" and meta.get("delegate") == "coreml":
         ok, why = False, "an ExecuTorch program with the Core ML delegate runs only on Apple devices"
     # Core ML packages run everywhere through the NumPy MIL executor (it needs coremltools only to read them).
     mil = meta["backend"] == "coreml" and conv.availability()[0]
     # (an ExecuTorch program with the Core ML delegate is not ``ok`` here)
-    int8_layers = layers and precision == "int8" and ok and bool(conv.layers_source)
+    int8_layers = layers and precision == "int8" and (ok or mil) and bool(conv.layers_source)
     if layers and not (mil or int8_layers):
         result["layers_note"] = ("per-layer comparison is available for Core ML packages (NumPy MIL executor) and "
                                  "int8 TFLite and ExecuTorch (XNNPACK) models on a host that runs them")
@@ -466,10 +474,16 @@ def check_artifact(
 
     ref = ref_float
     qref = quantized_reference(meta, src) if precision == "int8" else None
+    # the same weights without activation quantisation: how far quantisation itself moved the model
+    same_weights_float = ref_float
     if qref is not None:
-        with torch.no_grad():
-            ref = np.concatenate([qref(x[i:i + 1]).numpy() for i in range(x.shape[0])])
+        ref = _run_per_image(qref, x)
         result["reference"] = "quantised PyTorch model (after convert_pt2e)"
+        if (meta.get("quantization") or {}).get("source") == "qat" and isinstance(qref, torch.fx.GraphModule):
+            # QAT changed the weights: its float is the fine-tuned graph, not the model QAT started from
+            from .int8_layers import without_activation_quantization
+
+            same_weights_float = _run_per_image(without_activation_quantization(qref), x)
     elif precision == "int8":
         result["note"] = "no quantised reference recorded: compared with the float model"
 
@@ -492,24 +506,28 @@ def check_artifact(
     else:
         out = conv.run(artifact, x.numpy(), threads=threads)
     result.update(compare(ref, out))
+    result["images"] = int(x.shape[0])
     result["sqnr_vs_float_db"] = compare(ref_float, out)["sqnr_db"]
+    if precision == "int8":
+        result["sqnr_quantised_vs_float_db"] = sqnr_db(same_weights_float, ref) if qref is not None else None
     if ds.labels is not None:
         labels = ds.labels.numpy()
         result["accuracy"] = {"pytorch_float": accuracy(ref_float, labels), "artifact": accuracy(out, labels)}
         if qref is not None:
             result["accuracy"]["pytorch_quantized"] = accuracy(ref, labels)
-    result["passed"] = bool(result["sqnr_db"] >= threshold)
+    result.update(_verdict(precision, result))
     if mil:
         result["passed"] = result["passed"] and not problems
         if ok:  # macOS: Core ML itself, so the executor is checked against it wherever a Mac runs this
             predicted = conv.run(artifact, x.numpy(), threads=threads)
-            result["coreml_predict"] = {**compare(ref, predicted), "sqnr_vs_float_db": compare(ref_float, predicted)
-                                        ["sqnr_db"]}
-            result["coreml_predict"]["passed"] = bool(result["coreml_predict"]["sqnr_db"] >= threshold)
+            p = {**compare(ref, predicted), "sqnr_vs_float_db": compare(ref_float, predicted)["sqnr_db"],
+                 "images": result["images"], "sqnr_quantised_vs_float_db": result.get("sqnr_quantised_vs_float_db")}
+            p.update(_verdict(precision, p))
+            result["coreml_predict"] = p
             result["executor_vs_coreml_sqnr_db"] = sqnr_db(predicted, out)
             result["passed"] = result["passed"] and result["coreml_predict"]["passed"]
             result["runtime"] = "coreml (numpy MIL executor + MLModel.predict)"
-        if layers:
+        if layers and not int8_layers:  # fp32/fp16/w8: each op against the float graph (cumulative SQNR)
             example = qref if qref is not None else src
             result.update(_layer_report(program, example, x[:1], tuple(meta["input"]["shape"]),
                                         LAYER_TOLERANCES_DB[precision]))
@@ -518,13 +536,54 @@ def check_artifact(
             result.update(_int8_layer_report(conv, artifact, qref, x[:1]))
         else:
             result["layers_note"] = "per-op comparison needs the quantised PyTorch graph; the sidecar records none"
+    if precision == "int8" and "layers_tolerance_lsb" in result:
+        failed = _layer_failures(result)
+        if failed and conv.layers_verdict:
+            result["passed"] = False
+            result["rule_note"] = f"{result['rule_note']}; FAILED per-op: {failed}"
+        elif failed:
+            result["rule_note"] = (f"{result['rule_note']}; per-op (reported, not judged: {conv.name} computes the "
+                                   f"float parts in fp16): {failed}")
     if not result["note"]:
-        result["note"] = (f"{len(x)} images from {ds.source}; pass: SQNR >= {threshold:g} dB vs the "
-                          f"{result['reference']}")
+        rule = "" if precision == "int8" else f"; {result['rule_note']}"
+        result["note"] = f"{len(x)} images from {ds.source}{rule}"
     if mil:
         result["note"] += f"; {mil_note}; {structural}"
     _store_check(artifact, meta, result)
     return result
+
+
+def _run_per_image(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
+    """(N, classes) logits, one image at a time (a QAT reference is exported at batch 1)."""
+    with torch.no_grad():
+        return np.concatenate([model(x[i:i + 1]).numpy() for i in range(x.shape[0])])
+
+
+def _verdict(precision: str, r: dict[str, Any]) -> dict[str, Any]:
+    """``rule``, ``margin_db``, ``passed`` and ``rule_note`` of a comparison ``r`` (see ``compare.int8_verdict``)."""
+    if precision == "int8":
+        v = int8_verdict(r["sqnr_db"], r.get("sqnr_quantised_vs_float_db"), r["top1_agreement"], r["images"])
+        return {"rule": v["rule"], "margin_db": v["margin_db"], "passed": v["passed"], "rule_note": v["why"]}
+    threshold = THRESHOLDS_DB[precision]
+    passed = bool(r["sqnr_db"] >= threshold)
+    return {"rule": "sqnr", "passed": passed,
+            "rule_note": f"SQNR {r['sqnr_db']:.1f} dB {'>=' if passed else '<'} {threshold:g} dB vs the float model"}
+
+
+def _layer_failures(result: dict[str, Any]) -> str:
+    """Why an int8 per-op comparison fails (worst op first), or "" when every op is within tolerance."""
+    # int8 steps, each op recomputed from the artifact's own inputs (converters.int8_layers)
+    bad = sorted((r for r in result.get("layers") or [] if r["status"] != "ok"), key=lambda r: -r["local_max_lsb"])
+    names = [f"{'+'.join(r.get('segment') or [r['op']])} ({r['type']}, {r['local_max_lsb']} int8 steps off)"
+             for r in bad]
+    why = []
+    if names:
+        more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+        why.append(f"{len(names)} op(s) more than one int8 step off, worst first: " + ", ".join(names[:5]) + more)
+    if result.get("layers_runtime_identical") is False:
+        why.append("the program the per-op check inspected is not what the artifact computes: the artifact is not "
+                   "the lowering of its recorded quantised graph")
+    return "; ".join(why)
 
 
 def _run_mil(program: Any, conv: Converter, x: np.ndarray) -> np.ndarray:
@@ -593,10 +652,11 @@ def _int8_layer_report(conv: Converter, artifact: Path, qref: torch.fx.GraphModu
             f"(the graph run on its own), 'local' recomputes each op from the artifact's own int8 inputs: {within} "
             f"of {rep['compared']} within {LOCAL_TOLERANCE_LSB} int8 step (rounding ties)")
     if not rep["runtime_identical"]:
-        note += ("; WARNING: the inspected run's output differs from the artifact's, so the tensors shown may not be "
-                 "what the deployed model computes")
+        note += ("; the inspected run's output differs from the artifact's, so the tensors shown are not what the "
+                 "deployed model computes")
     return {"layers": rep["layers"], "first_divergence": rep["first_divergence"], "layers_note": note,
-            "layers_tolerance_lsb": LOCAL_TOLERANCE_LSB, "layers_unmatched": rep["unmatched"]}
+            "layers_tolerance_lsb": LOCAL_TOLERANCE_LSB, "layers_unmatched": rep["unmatched"],
+            "layers_runtime_identical": rep["runtime_identical"]}
 
 
 def _store_check(artifact: Path, meta: dict[str, Any], result: dict[str, Any]) -> None:

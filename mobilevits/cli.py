@@ -233,12 +233,19 @@ def _describe_check(c: dict[str, Any], indent: str = "") -> str:
         return f"{indent}{verdict} [{c['runtime']}] {c['note']}"
     sq = c["sqnr_db"]
     sq_s = "inf" if sq == float("inf") or sq == "inf" else f"{sq:.1f}"
-    parts = [f"{indent}{verdict} [{c['runtime']} {c['precision']}] SQNR {sq_s} dB (threshold {c['threshold_db']:g} dB "
-             f"vs {c['reference']})",
-             f"max |err| {c['max_abs_error']:.3g}, cosine {c['cosine']:.6f}, top-1 agreement "
-             f"{100 * c['top1_agreement']:.1f}%, top-5 agreement {100 * c['top5_agreement']:.1f}%"]
-    if c.get("sqnr_vs_float_db") is not None and c["precision"] == "int8":
-        parts.append(f"SQNR vs float model {c['sqnr_vs_float_db']:.1f} dB")
+    if c["precision"] == "int8":
+        parts = [f"{indent}{verdict} [{c['runtime']} int8] rule {c.get('rule') or 'n/a'}: SQNR {sq_s} dB vs "
+                 f"{c['reference']}; quantised vs float {_db(c.get('sqnr_quantised_vs_float_db'))} dB, "
+                 f"margin {_db(c.get('margin_db'), signed=True)} dB, top-1 agreement {100 * c['top1_agreement']:.1f}% "
+                 f"on {c.get('images')} images",
+                 c.get("rule_note", ""),
+                 f"max |err| {c['max_abs_error']:.3g}, cosine {c['cosine']:.6f}, top-5 agreement "
+                 f"{100 * c['top5_agreement']:.1f}%, SQNR vs float source {_db(c.get('sqnr_vs_float_db'))} dB"]
+    else:
+        parts = [f"{indent}{verdict} [{c['runtime']} {c['precision']}] SQNR {sq_s} dB (threshold "
+                 f"{c['threshold_db']:g} dB vs {c['reference']})",
+                 f"max |err| {c['max_abs_error']:.3g}, cosine {c['cosine']:.6f}, top-1 agreement "
+                 f"{100 * c['top1_agreement']:.1f}%, top-5 agreement {100 * c['top5_agreement']:.1f}%"]
     if c.get("coreml_predict"):  # macOS: Core ML itself next to the NumPy MIL executor
         p = c["coreml_predict"]
         parts.append(f"Core ML (MLModel.predict): {'PASS' if p['passed'] else 'FAIL'} SQNR {_db(p['sqnr_db'])} dB, "
@@ -251,12 +258,12 @@ def _describe_check(c: dict[str, Any], indent: str = "") -> str:
     return ("\n" + pad).join(parts)
 
 
-def _db(v: Any) -> str:
+def _db(v: Any, signed: bool = False) -> str:
     if v is None:
         return "n/a"
     if isinstance(v, str):
         return v
-    return "inf" if v == float("inf") else "-inf" if v == float("-inf") else f"{v:.1f}"
+    return "inf" if v == float("inf") else "-inf" if v == float("-inf") else f"{v:+.1f}" if signed else f"{v:.1f}"
 
 
 def _describe_layers(c: dict[str, Any], head: int = 8, around: int = 3, tail: int = 4) -> str:

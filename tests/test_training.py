@@ -27,11 +27,9 @@ def _cli(*args: str, **kw) -> subprocess.Popen:
 
 
 @pytest.fixture(scope="module")
-def float_weights(tmp_path_factory) -> str:
-    """A float mobilevit_tiny trained briefly on digits (shared by the QAT tests)."""
-    out = tmp_path_factory.mktemp("float")
-    r = train(MODEL, resolution=RES, epochs=2, train_limit=512, out=out, show_progress=False, log=lambda s: None)
-    return r["weights"]
+def float_weights(digits_weights) -> str:
+    """A float mobilevit_tiny trained on digits (conftest; shared with the int8 rule tests)."""
+    return digits_weights
 
 
 def test_schedule_and_batches_are_deterministic():
