@@ -40,7 +40,7 @@ from converters.base import atomic_write_text, tool_versions  # noqa: E402
 from converters.pipeline import check_artifact  # noqa: E402
 from mobilevits.bench import bench, host_environment  # noqa: E402
 
-DEFAULT_PATHS = "executorch:fp32,executorch:int8,tflite:fp32,tflite:int8,coreml:fp32,coreml:fp16"
+DEFAULT_PATHS = "executorch:fp32,executorch:int8,tflite:fp32,tflite:int8,coreml:fp32,coreml:fp16,coreml:int8"
 TIMED = ("executorch", "tflite")  # runtimes that run on this host
 BEGIN, END = "<!-- convert_all:begin -->", "<!-- convert_all:end -->"
 NOISY_CV = 0.15  # a timed cell this variable was disturbed (see latency_table)
@@ -75,7 +75,8 @@ def convert_cell(model: str, backend: str, precision: str, out: Path) -> dict[st
         return row
     row["check_s"] = round(time.perf_counter() - t0, 2)
     row["check"] = {k: c.get(k) for k in ("runtime", "sqnr_db", "sqnr_vs_float_db", "threshold_db", "passed",
-                                           "top1_agreement", "top5_agreement", "max_abs_error", "note")}
+                                           "top1_agreement", "top5_agreement", "max_abs_error", "note", "rule",
+                                           "sqnr_quantised_vs_float_db", "margin_db", "images", "rule_note")}
     return row
 
 
@@ -201,6 +202,23 @@ def conversion_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def int8_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The int8 rule per model and path: which rule decided, SQNR vs the quantised graph, quantisation noise
+    (quantised graph vs float), margin, top-1 agreement, images, verdict."""
+    head = ("| model | path | rule | SQNR vs quantised dB | quantised vs float dB | margin dB | top-1 agreement | "
+            "images | check |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        c = r.get("check")
+        if r["precision"] != "int8" or not c or c.get("rule") is None:
+            continue
+        margin = "-" if c.get("margin_db") is None else f"{c['margin_db']:+.1f}"
+        lines.append(f"| {r['model']} | {r['backend']} int8 | {c['rule']} | {_fmt(c['sqnr_db'])} | "
+                     f"{_fmt(c.get('sqnr_quantised_vs_float_db'))} | {margin} | {100 * c['top1_agreement']:.1f}% | "
+                     f"{c.get('images')} | {'pass' if c['passed'] else 'FAIL'} |")
+    return lines if len(lines) > 2 else []
+
+
 def latency_table(cells: list[dict[str, Any]], threads: list[int]) -> list[str]:
     """Median ms per model and runtime, with the ExecuTorch/LiteRT and int8/fp32 ratios at 1 thread.
 
@@ -249,8 +267,15 @@ def write_markdown(data: dict[str, Any], path: Path, argv: str) -> None:
              "scikit-image's photos (int8: against the quantised PyTorch model). Conversion time excludes the "
              "check.", ""]
     order = {p: i for i, p in enumerate(DEFAULT_PATHS.split(","))}
-    lines += conversion_table(sorted(data["conversions"], key=lambda r: (
-        r["model"], order.get(f"{r['backend']}:{r['precision']}", len(order)))))
+    rows = sorted(data["conversions"], key=lambda r: (r["model"], order.get(f"{r['backend']}:{r['precision']}",
+                                                                            len(order))))
+    lines += conversion_table(rows)
+    int8 = int8_table(rows)
+    if int8:
+        lines += ["", "int8 checks under the int8 rule (`converters.compare.int8_verdict`): (a) SQNR >= 30 dB against "
+                      "the quantised PyTorch graph, else (b) margin = SQNR - (quantised vs float) >= 0 dB with top-1 "
+                      "agreement >= 95% on >= 100 images. Core ML W8A8 numerics from the NumPy MIL executor.", ""]
+        lines += int8
     if data.get("latency"):
         s = data.get("latency_settings", {})
         threads = s.get("threads") or [1]

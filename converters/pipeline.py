@@ -553,6 +553,18 @@ def check_artifact(
     return result
 
 
+def run_artifact(artifact: str | Path, x: np.ndarray, threads: int = 1) -> np.ndarray:
+    """(N, classes) logits of an artifact on this host: its runtime, or for a Core ML package on a host
+    without Core ML, the NumPy MIL executor (the numerics ``check`` judges)."""
+    meta = read_sidecar(artifact)
+    conv = get_converter(meta["backend"])
+    if conv.runtime_availability()[0] or meta["backend"] != "coreml":
+        return conv.run(Path(artifact), x, threads=threads)
+    from .mil_executor import load_mlpackage
+
+    return _run_mil(load_mlpackage(artifact), conv, x)
+
+
 def _run_per_image(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
     """(N, classes) logits, one image at a time (a QAT reference is exported at batch 1)."""
     with torch.no_grad():

@@ -131,7 +131,7 @@ def cmd_qat(args: argparse.Namespace) -> int:
     else:
         print(ledger_markdown(result))
     check = result.get("check") or {}
-    return 0 if check.get("passed", True) else EXIT_FAILED
+    return 0 if check.get("passed", True) and result["ledger"].get("passed", True) else EXIT_FAILED
 
 
 def _logger(json_mode: bool) -> Callable[[str], None]:

@@ -114,6 +114,9 @@ def _ledger_table(results: list[dict[str, Any]]) -> str:
     rows = []
     for q in results:
         led = q["ledger"]
+        verdict = "-" if "passed" not in led else "PASS" if led["passed"] else "FAIL"
         rows.append([q["backend"], pct(led["float_top1"]), pct(led["ptq_int8_top1"]), pct(led["qat_int8_top1"]),
-                     pct(led["artifact_top1"]), Path(q["artifact"]).name if q["artifact"] else "-"])
-    return table(rows, ["backend", "float", "PTQ int8", "QAT int8", "artifact", "file"])
+                     pct(led.get("quantized_top1")), pct(led["artifact_top1"]), verdict,
+                     Path(q["artifact"]).name if q["artifact"] else "-"])
+    return table(rows, ["backend", "float", "PTQ int8", "QAT fake-quant", "quantised graph", "artifact",
+                        "within 1.5 pt", "file"])

@@ -159,13 +159,32 @@ def _atomic_save(obj: dict[str, Any], path: Path) -> None:
 
 
 @torch.no_grad()
+def correct(model: Callable[[torch.Tensor], torch.Tensor], ds: ImageSet, batch_size: int = 64) -> np.ndarray:
+    """Per image of a labelled set: whether ``model``'s top-1 class is the label (bool array)."""
+    hits = [model(ds.images[i:i + batch_size]).argmax(1) == ds.labels[i:i + batch_size]
+            for i in range(0, len(ds), batch_size)]
+    return torch.cat(hits).numpy() if hits else np.zeros(0, dtype=bool)
+
+
 def evaluate(model: Callable[[torch.Tensor], torch.Tensor], ds: ImageSet, batch_size: int = 64) -> float:
     """Top-1 accuracy (fraction) of ``model`` on a labelled set."""
-    correct = 0
-    for i in range(0, len(ds), batch_size):
-        logits = model(ds.images[i:i + batch_size])
-        correct += int((logits.argmax(1) == ds.labels[i:i + batch_size]).sum())
-    return correct / max(1, len(ds))
+    return float(correct(model, ds, batch_size).mean()) if len(ds) else 0.0
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
+    """Top-1 of ``a`` minus top-1 of ``b`` on the same images, with its 95% interval.
+
+    Only the images where the two disagree carry information: with ``gained`` images right only in
+    ``a`` and ``lost`` right only in ``b`` out of n, the difference is (gained - lost) / n with
+    variance ((gained + lost) / n - d^2) / n (paired proportions, normal approximation).
+    """
+    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    n = int(a.size)
+    gained, lost = int(np.sum(a & ~b)), int(np.sum(~a & b))
+    d = (gained - lost) / n if n else 0.0
+    se = math.sqrt(max(0.0, (gained + lost) / n - d * d) / n) if n else 0.0
+    return {"difference": d, "ci95": [d - 1.96 * se, d + 1.96 * se], "only_first": gained, "only_second": lost,
+            "images": n}
 
 
 def fit(
@@ -437,7 +456,8 @@ def qat(
 
     from converters import convert, get_converter
     from converters.base import quiet
-    from converters.pipeline import calibrate_and_quantize
+    from converters.compare import sqnr_db
+    from converters.pipeline import calibrate_and_quantize, run_artifact
 
     log = log or (lambda s: print(s, file=sys.stderr))
     conv = get_converter(backend)
@@ -468,8 +488,9 @@ def qat(
         return Normalize(net, net.preprocess.mean, net.preprocess.std)
 
     ref = conv.prepare_model(reparameterize_model(float_model()))
-    ledger: dict[str, float | None] = {"float_top1": evaluate(ref, split.val), "ptq_int8_top1": None,
-                                       "qat_int8_top1": None, "artifact_top1": None}
+    hits: dict[str, np.ndarray] = {"float": correct(ref, split.val)}
+    ledger: dict[str, Any] = {"float_top1": float(hits["float"].mean()), "ptq_int8_top1": None,
+                              "qat_int8_top1": None, "quantized_top1": None, "artifact_top1": None}
     log(f"float top-1 {100 * ledger['float_top1']:.1f}%")
     calib = split.train.images[:64]
     ptq = calibrate_and_quantize(ref, conv.quantizer("int8"), calib, conv.fold_quantize)
@@ -503,10 +524,23 @@ def qat(
     fit(prepared, split, recipe, out, "qat", meta, resume, set_train=set_train,
         set_eval=move_exported_model_to_eval, freeze=freeze_and_mark, show_progress=show_progress, log=log)
     move_exported_model_to_eval(prepared)
-    ledger["qat_int8_top1"] = evaluate(prepared, split.val)
+    hits["qat"] = correct(prepared, split.val)
+    ledger["qat_int8_top1"] = float(hits["qat"].mean())
     log(f"QAT fake-quant int8 top-1 {100 * ledger['qat_int8_top1']:.1f}%")
+    with torch.no_grad():
+        fake_logits = prepared(split.val.images).numpy()
     with quiet():
         quantized = convert_pt2e(prepared, fold_quantize=conv.fold_quantize)
+    with torch.no_grad():
+        quantized_logits = quantized(split.val.images).numpy()
+    hits["quantized"] = quantized_logits.argmax(1) == split.val.labels.numpy()
+    ledger["quantized_top1"] = float(hits["quantized"].mean())
+    # convert_pt2e turns every fake quantizer into a quantize/dequantize pair and folds BatchNorm into the
+    # conv weights with the frozen statistics; how far that moved the logits:
+    ledger["convert_sqnr_db"] = sqnr_db(fake_logits, quantized_logits)
+    log(f"quantised graph (convert_pt2e) top-1 {100 * ledger['quantized_top1']:.1f}% "
+        f"(logits {ledger['convert_sqnr_db']:.1f} dB from fake-quant)")
+    with quiet():
         x1 = split.val.images[:1]
         reference = out / f"{model}_{resolution}_{backend}_int8.qat.pt2"
         tmp = reference.with_name("." + reference.name + ".partial")
@@ -528,18 +562,32 @@ def qat(
                                                 "recipe": asdict(recipe)},
                              show_progress=show_progress)
     artifact = Path(result_convert["artifact"])
-    ok, _ = conv.runtime_availability()
     check = result_convert["check"] or {}
-    if ok:
-        logits = conv.run(artifact, split.val.images.numpy())
-        ledger["artifact_top1"] = float(np.mean(logits.argmax(1) == split.val.labels.numpy()))
-    elif (check.get("accuracy") or {}).get("artifact") is not None and len(split.val) == len(
-            load_data("digits", probe.preprocess, split="val")) and data == "digits":
-        ledger["artifact_top1"] = check["accuracy"]["artifact"]
-    else:
-        notes.append(f"artifact top-1 not measured: {backend} runtime unavailable here")
+    # the host runtime, or for Core ML off macOS the NumPy MIL executor (the numerics check judges)
+    logits = run_artifact(artifact, split.val.images.numpy())
+    hits["artifact"] = logits.argmax(1) == split.val.labels.numpy()
+    ledger["artifact_top1"] = float(hits["artifact"].mean())
+    ledger.update(ledger_steps(hits))
     _store_ledger(artifact, ledger, notes)
     return {**base, "artifact": str(artifact), "check": check}
+
+
+# An artifact passes the ledger when its top-1 is within this of the quantised graph's (fraction).
+LEDGER_TOLERANCE = 0.015
+
+
+def ledger_steps(hits: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Paired top-1 differences between the ledger's stages (with 95% intervals) and the pass verdict:
+    the artifact within 1.5 points of the quantised graph it was converted from."""
+    steps = {}
+    for name, a, b in (("qat_vs_float", "qat", "float"), ("quantized_vs_qat", "quantized", "qat"),
+                       ("artifact_vs_quantized", "artifact", "quantized")):
+        if a in hits and b in hits:
+            steps[name] = paired_difference(hits[a], hits[b])
+    out: dict[str, Any] = {"steps": steps}
+    if "artifact_vs_quantized" in steps:
+        out["passed"] = bool(abs(steps["artifact_vs_quantized"]["difference"]) <= LEDGER_TOLERANCE + 1e-12)
+    return out
 
 
 def _store_ledger(artifact: Path, ledger: dict[str, Any], notes: list[str]) -> None:
@@ -551,19 +599,32 @@ def _store_ledger(artifact: Path, ledger: dict[str, Any], notes: list[str]) -> N
 
 
 def ledger_markdown(result: dict[str, Any]) -> str:
-    """The accuracy ledger as a Markdown table: where accuracy went between float and the artifact."""
+    """The accuracy ledger as a Markdown table: where accuracy went between float and the artifact,
+    each step a paired difference on the same images with its 95% interval."""
     led = result["ledger"]
-    rows = [("float (PyTorch)", led["float_top1"]), ("post-training int8 (calibration only)", led["ptq_int8_top1"]),
-            ("QAT int8 (fake-quant PyTorch)", led["qat_int8_top1"]),
-            (f"converted artifact ({result['backend']}, host runtime)", led["artifact_top1"])]
-    base = led["float_top1"]
+    steps = led.get("steps") or {}
+    rows = [("float (PyTorch)", led["float_top1"], None),
+            ("post-training int8 (calibration only)", led["ptq_int8_top1"], None),
+            ("QAT int8 (fake-quant PyTorch)", led["qat_int8_top1"], steps.get("qat_vs_float")),
+            ("quantised graph (convert_pt2e)", led.get("quantized_top1"), steps.get("quantized_vs_qat")),
+            (f"converted artifact ({result['backend']}, host)", led["artifact_top1"],
+             steps.get("artifact_vs_quantized"))]
     lines = [f"### {result['model']} @ {result['resolution']} on {result['data']}: int8 for {result['backend']}", "",
-             "| stage | top-1 | vs float |", "|---|---:|---:|"]
-    for name, v in rows:
+             "| stage | top-1 | vs previous stage (95% interval) |", "|---|---:|---:|"]
+    for name, v, step in rows:
         if v is None:
             lines.append(f"| {name} | n/a | |")
-        else:
-            lines.append(f"| {name} | {100 * v:.2f}% | {100 * (v - base):+.2f} pt |")
+            continue
+        diff = "" if step is None else (f"{100 * step['difference']:+.2f} pt ({100 * step['ci95'][0]:+.2f}, "
+                                        f"{100 * step['ci95'][1]:+.2f}; {step['only_first']} gained, "
+                                        f"{step['only_second']} lost)")
+        lines.append(f"| {name} | {100 * v:.2f}% | {diff} |")
+    if led.get("convert_sqnr_db") is not None:
+        lines.append(f"\nconvert_pt2e step: fake quantizers become quantize/dequantize pairs and BatchNorm folds into "
+                     f"the conv weights; logits {led['convert_sqnr_db']:.1f} dB from the fake-quant model's.")
+    if "passed" in led:
+        lines.append(f"ledger {'PASS' if led['passed'] else 'FAIL'}: artifact within "
+                     f"{100 * LEDGER_TOLERANCE:g} pt of the quantised graph")
     lines += ["", f"artifact: `{result['artifact'] or '-'}`  checkpoint: `{result['checkpoint']}`"]
     lines += [f"note: {n}" for n in result.get("notes", [])]
     return "\n".join(lines)

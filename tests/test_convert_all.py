@@ -100,3 +100,18 @@ def test_redo_converts_saved_cells_again_and_keeps_the_rest(convert_all, tmp_pat
     # the replaced artifact's old timing is dropped, the others are kept
     assert {(c["model"], c["runtime"]) for c in data["latency"]} == {
         ("mobilevit_xxs", "tflite"), ("levit_128s", "executorch"), ("levit_128s", "tflite")}
+
+
+def test_int8_table_shows_the_rule_that_decided(convert_all):
+    rows = [{"model": "m", "backend": "tflite", "precision": "int8",
+             "check": {"rule": "margin", "sqnr_db": 27.0, "sqnr_quantised_vs_float_db": 19.5, "margin_db": 7.5,
+                       "top1_agreement": 0.975, "images": 359, "passed": True}},
+            {"model": "m", "backend": "coreml", "precision": "int8",
+             "check": {"rule": "sqnr", "sqnr_db": 12.0, "sqnr_quantised_vs_float_db": 38.0, "margin_db": -26.0,
+                       "top1_agreement": 1.0, "images": 16, "passed": False}},
+            {"model": "m", "backend": "tflite", "precision": "fp32", "check": {"rule": "sqnr", "sqnr_db": 120.0}}]
+    lines = convert_all.int8_table(rows)
+    assert len(lines) == 4  # header, rule, two int8 rows; fp32 is not an int8 cell
+    assert lines[2] == "| m | tflite int8 | margin | 27.0 | 19.5 | +7.5 | 97.5% | 359 | pass |"
+    assert lines[3].endswith("| sqnr | 12.0 | 38.0 | -26.0 | 100.0% | 16 | FAIL |")
+    assert convert_all.int8_table(rows[2:]) == []

@@ -616,7 +616,12 @@ def test_int8_layers_of_a_convnet_stay_within_tolerance(packages):
 @pytest.mark.slow
 def test_int8_attention_scale_survives_conversion(packages):
     c = check_artifact(packages("mobilevit_tiny", "int8")["artifact"], show_progress=False, limit=1, layers=True)
-    assert c["first_divergence"] is None, c["first_divergence"]
+    # every int8 tensor of the attention (scaled matmuls, softmax) within one int8 step of the quantised graph,
+    # recomputed from the package's own inputs; only LayerNorm, which Core ML runs in fp16, may sit further off
+    attention = [r for r in c["layers"] if any(op.startswith(("matmul", "bmm", "softmax")) for op in r["segment"])]
+    assert len(attention) == 3 and all(r["status"] == "ok" for r in attention), attention  # one per block
+    off = [r for r in c["layers"] if r["status"] != "ok"]
+    assert all(any(op.startswith("rsqrt") for op in r["segment"]) for r in off), off
 
 
 @pytest.mark.slow
