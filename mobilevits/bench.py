@@ -1,6 +1,6 @@
 """Latency harness: time artifacts (or models built on the fly) on this host, an Android phone or an iPhone.
 
-Method (latency.md §0): one cell per model x resolution x runtime x precision x threads, run in a seeded
+Method (docs/latency.md#method): one cell per model x resolution x runtime x precision x threads, run in a seeded
 random order with a cool-down between cells; per cell a cold load, a warm load, the first inference, then
 ``warmup`` untimed and ``iterations`` timed runs. Statistics use :func:`mobilevits.app_assets.compute_stats`,
 the definition the phone apps use, so host and device numbers are comparable.

@@ -1,7 +1,7 @@
 """Phones for the latency harness: adb (Android) and xcodebuild/xcrun (iOS) flows, and parsers of the tools' output.
 
-Output formats follow /work/shared/specs/latency.md (§1.2 ``executor_runner``, §2.1/§2.2 LiteRT ``benchmark_model``,
-§1.6 XCTest and ``xcresulttool``). Every external command goes through :func:`_run`, so tests can stand in
+Output formats are described in docs/latency.md (``executor_runner``, LiteRT ``benchmark_model``, XCTest and
+``xcresulttool``). Every external command goes through :func:`_run`, so tests can stand in
 scripts named ``adb``, ``xcrun`` and ``xcodebuild`` on ``PATH``.
 """
 
@@ -32,12 +32,12 @@ HOW_TO_GET_EXECUTOR_RUNNER = (
     "-DEXECUTORCH_BUILD_EXECUTOR_RUNNER=ON -DEXECUTORCH_BUILD_EXTENSION_EVALUE_UTIL=ON -DEXECUTORCH_BUILD_XNNPACK=ON "
     "-Bcmake-out-android && cmake --build cmake-out-android -j --target install), then pass "
     "--executor-runner cmake-out-android/executor_runner or set $MOBILEVITS_EXECUTOR_RUNNER "
-    "(see latency.md §1.2); or use --app to time with the android_demo bench mode")
+    "(see docs/latency.md, executor_runner); or use --app to time with the android_demo bench mode")
 HOW_TO_GET_BENCHMARK_MODEL = (
     "download LiteRT's prebuilt benchmark_model (https://storage.googleapis.com/tensorflow-nightly-public/prod/"
     "tensorflow/release/lite/tools/nightly/latest/android_aarch64_benchmark_model) or build it with "
     "`bazel build -c opt --config=android_arm64 //tflite/tools/benchmark:benchmark_model`, then pass "
-    "--benchmark-model PATH or set $MOBILEVITS_BENCHMARK_MODEL (see latency.md §2.1); "
+    "--benchmark-model PATH or set $MOBILEVITS_BENCHMARK_MODEL (see docs/latency.md, benchmark_model); "
     "or use --app to time with the android_demo bench mode")
 
 
@@ -46,7 +46,7 @@ class DeviceError(RuntimeUnavailableError):
 
 
 # --------------------------------------------------------------------------------------------
-# parsers (pure functions over the exact output formats in latency.md)
+# parsers (pure functions over the exact output formats in docs/latency.md)
 # --------------------------------------------------------------------------------------------
 
 ET_LOAD = re.compile(r"Model loaded in ([0-9.]+) ms\.")
@@ -86,7 +86,7 @@ def parse_executor_runner(text: str) -> dict[str, Any]:
     if load is None or not iters:
         tail = "\n".join(text.strip().splitlines()[-5:])
         raise DeviceError("executor_runner printed no timings (is it built with -DEXECUTORCH_PAL_DEFAULT=posix and "
-                          f"logging on? see latency.md §1.2); last lines:\n{tail}")
+                          f"logging on? see docs/latency.md, executor_runner); last lines:\n{tail}")
     thr = ET_THREADS.search(text)
     return {"load_ms": float(load.group(1)), "samples_ms": [v for _, v in iters],
             "executions": int(total.group(1)) if total else len(iters),

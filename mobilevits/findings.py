@@ -2,7 +2,7 @@
 
 Each finding is judged by the *shape* of the result (a sign, a trend, a rank correlation), never
 by absolute milliseconds, so the same command means the same thing on this host, over adb on an
-Android phone and on an iPhone. Sources and thresholds: ``shared/specs/latency.md`` section 5.
+Android phone and on an iPhone. Sources and thresholds: ``docs/latency.md#findings``.
 
 One sweep serves every finding: the cells in :func:`plan` are built (random init with
 re-randomised norms, so no branch folds away), timed in one random order by

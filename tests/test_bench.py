@@ -242,7 +242,7 @@ def test_adb_benchmark_model_flow(tmp_path, tools, monkeypatch):
 
 def test_adb_errors(tmp_path, tools, monkeypatch):
     pte = _fake_artifact(tmp_path, "m_256_executorch_fp32", "executorch", ".pte")
-    with pytest.raises(DeviceError, match="MOBILEVITS_EXECUTOR_RUNNER.*latency.md"):
+    with pytest.raises(DeviceError, match="MOBILEVITS_EXECUTOR_RUNNER.*docs/latency.md"):
         bench([pte], device="adb", cooldown=0, out=tmp_path / "o")
     with pytest.raises(DeviceError, match="not found at"):
         bench([pte], device="adb", cooldown=0, executor_runner=str(tmp_path / "nope"), out=tmp_path / "o")

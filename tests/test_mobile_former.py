@@ -140,7 +140,7 @@ def test_token_side_share_grows_as_resolution_drops():
     fb = [shares[r][0] for r in (96, 160, 224, 320)]
     head = [shares[r][1] for r in (96, 160, 224, 320)]
     assert fb == sorted(fb, reverse=True) and head == sorted(head, reverse=True), shares
-    assert fb[0] > 2 * fb[2]  # models.md 3.6: 31% at 96 vs 11% at 224
+    assert fb[0] > 2 * fb[2]  # docs/models.md#mobile-former-resolution: 31% at 96 vs 11% at 224
     assert fb[2] < 0.2  # the paper: Former + bridges cost under 20% of the total at 224
 
 

@@ -5,7 +5,7 @@ ICCV 2021, https://arxiv.org/abs/2104.01136 (Table 2 for the stage configs, Tabl
 Widths, the per-head q/k/v layout and the attention-bias indexing follow the official code (and
 timm's ``levit_*`` port of it), so timm checkpoints load and give the same outputs.
 
-Deployment choices (see ``models.md`` section 4 and the ExecuTorch notes in ``layers.py``):
+Deployment choices (see ``docs/models.md#levit`` and the ExecuTorch notes in ``layers.py``):
 
 * q, k and v are separate Linear+BN projections, so no split of a fused ``qkv`` reaches a graph;
   timm's fused, per-head-interleaved ``qkv``/``kv`` weights are split on load.

@@ -4,7 +4,7 @@ Paper: Chen et al., "Mobile-Former: Bridging MobileNet and Transformer", CVPR 20
 https://arxiv.org/abs/2108.05895. The paper's tables are only partly retrievable, so the
 architecture, the per-variant tables and every bias/norm placement follow the official code
 (AAboys/MobileFormer, ``mobile_former.py``/``dna_blocks.py``), which reproduces the README's
-parameter counts exactly (``models.md`` section 3):
+parameter counts exactly (``docs/models.md#mobile-former``):
 
 * a MobileNet-style CNN (the "Mobile") runs in parallel with M learnable global tokens of width d
   (the "Former"). Every block first lets the tokens read the block's input map (Mobile->Former
@@ -97,7 +97,8 @@ class MobileFormerCfg:
     drop_path_rate: float = 0.0
 
 
-# Official ``dna_blocks`` tables (models.md 3.5). 52M and 26M differ only in the grouped 1x1 convs.
+# Official ``dna_blocks`` tables (docs/models.md#mobile-former-config). 52M and 26M differ only in the grouped
+# 1x1 convs.
 _B508 = (_lite(2, 24), _down(6, 40), _mf(3, 40), _down(6, 72), _mf(3, 72), _down(6, 128), _mf(4, 128),
          _mf(6, 176), _mf(6, 176), _down(6, 240), _mf(6, 240), _mf(6, 240))
 _B294 = (_lite(2, 16), _down(6, 24), _mf(4, 24), _down(6, 48), _mf(4, 48), _down(6, 96), _mf(4, 96),

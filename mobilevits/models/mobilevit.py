@@ -194,7 +194,7 @@ def _builder(cfg_name: str):
 
 
 # MACs: the torch flop counter on timm's port of the official code with explicit attention,
-# which equals ours. models.md section 1 lists 340/935/1856 M from fvcore with
+# which equals ours. docs/models.md#mobilevit lists 340/935/1856 M from fvcore with
 # F.scaled_dot_product_attention, which neither counter sees: those omit the attention matmuls.
 _SRC = "Mehta & Rastegari 2022, App. A (params, top-1); MACs @256 incl. attention matmuls"
 _PAPER = {  # params (official code), MACs in M at 256, top-1 (paper)

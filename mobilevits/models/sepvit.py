@@ -407,7 +407,7 @@ def _builder(cfg_name: str):
     return build
 
 
-# Params and MACs are our measurements of the official code (models.md section 5.1); the paper's lite
+# Params and MACs are our measurements of the official code (docs/models.md#sepvit-lite); the paper's lite
 # table was not available. MACs: 568 M is the torch flop counter on the official code, i.e. the same
 # counter as mobilevits.count_macs and the same convention (convs, linears, matmuls only); we count
 # 568.4 M. fvcore's 573 M adds 5 per LayerNorm element (963k elements = 4.8 M), which count_macs
