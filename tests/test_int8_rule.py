@@ -185,3 +185,15 @@ def test_broken_int8_artifact_fails_under_both_rules_and_layers_names_it(to, art
         assert "FAILED per-op" in layered["rule_note"]
     else:  # Core ML: named as the worst op (its fp16 LayerNorms are a few steps off, so no per-op verdict)
         assert worst["segment"] == [broken_op.removesuffix("_cast_fp16")], (broken_op, worst)
+
+
+def test_check_text_shows_the_rule_columns():
+    from mobilevits.cli import _describe_check
+
+    c = {"passed": True, "runtime": "tflite", "precision": "int8", "sqnr_db": 27.6, "reference": "quantised graph",
+         "sqnr_quantised_vs_float_db": 19.7, "margin_db": 7.9, "top1_agreement": 0.989, "images": 359,
+         "rule": "margin", "rule_note": "SQNR 27.6 dB < 30 dB but margin +7.9 dB >= 0", "max_abs_error": 0.1,
+         "cosine": 0.99, "top5_agreement": 0.9, "sqnr_vs_float_db": 19.0, "note": "359 images", "threshold_db": 30}
+    first = _describe_check(c).splitlines()[0]
+    assert first.startswith("PASS [tflite int8] rule margin: SQNR 27.6 dB")
+    assert "quantised vs float 19.7 dB, margin +7.9 dB, top-1 agreement 98.9% on 359 images" in first
