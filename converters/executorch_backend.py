@@ -172,4 +172,85 @@ def compare_layers(path: Path, graph: torch.nn.Module, x: torch.Tensor) -> dict[
     rep = local_layer_report(reference, x, lookup)
     deployed = ExecuTorchConverter().run(path, x.numpy())
     rep["runtime_identical"] = bool(np.array_equal(outs[0].numpy(), deployed))
+    if not rep["runtime_identical"]:
+        # the taps cannot see inside the artifact's delegate: find the constants it holds that a lowering of
+        # the quantised graph does not, and the XNNPACK nodes that read them
+        rep["artifact_differs"] = constants_not_in_graph(path, graph, x)
     return rep
+
+
+def _xnnpack_graphs(pte: bytes) -> list[dict[str, Any]]:
+    """The XNNPACK delegate payloads of a program as JSON (xnodes, xvalues, constant_data), via flatc."""
+    import json
+    import subprocess
+    import tempfile
+
+    import executorch.backends.xnnpack.serialization as xnn_serialization
+    from executorch.backends.xnnpack.serialization.xnnpack_graph_serialize import XNNHeader
+    from executorch.exir._serialize._flatbuffer import _get_flatc_path
+    from executorch.exir._serialize._program import _extract_delegate_payload
+
+    schema = Path(xnn_serialization.__path__[0]) / "schema.fbs"
+    graphs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(1 << 16):
+            payload = _extract_delegate_payload(pte, "xnnpack", delegate_index=i)
+            if payload is None:
+                break
+            header = XNNHeader.from_bytes(payload[:XNNHeader.EXPECTED_LENGTH])
+            flat = Path(tmp) / f"g{i}.bin"
+            flat.write_bytes(payload[header.flatbuffer_offset:header.flatbuffer_offset + header.flatbuffer_size])
+            subprocess.run([_get_flatc_path(), "--json", "--raw-binary", "--strict-json", "-o", tmp, str(schema),
+                            "--", str(flat)], check=True, capture_output=True)
+            graphs.append(json.loads((Path(tmp) / f"g{i}.json").read_text()))
+    return graphs
+
+
+def constants_not_in_graph(path: Path, graph: torch.nn.Module, x: torch.Tensor) -> list[dict[str, Any]]:
+    """XNNPACK nodes of the artifact that read a constant (weights, bias, per-channel scales) which a fresh
+    lowering of ``graph`` does not produce: where an artifact that is not this graph's lowering differs.
+
+    XNNPACK stores each constant under the SHA-256 of its bytes, so a changed value is a key the fresh
+    lowering lacks. Rows: ``xnode`` (XNNPACK node type), ``debug_handle``, ``op`` (the edge graph's node)
+    and ``module`` (the PyTorch module it came from).
+    """
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    with quiet():
+        edge = to_edge_transform_and_lower(torch.export.export(graph, (x[:1].contiguous(),)),
+                                           partitioner=[XnnpackPartitioner()])
+        fresh = edge.to_executorch().buffer
+    by_handle: dict[int, torch.fx.Node] = {}
+    gm = edge.exported_program().graph_module
+    for node in gm.graph.nodes:
+        if node.op == "get_attr" and hasattr(getattr(gm, node.target, None), "original_module"):
+            for inner in getattr(gm, node.target).original_module.graph.nodes:
+                if "debug_handle" in inner.meta:
+                    by_handle[int(inner.meta["debug_handle"])] = inner
+    known = {c.get("named_key") or (c.get("offset"), c.get("size"))
+             for g in _xnnpack_graphs(fresh) for c in g.get("constant_data", [])}
+    rows: list[dict[str, Any]] = []
+    for g in _xnnpack_graphs(path.read_bytes()):
+        changed = {i for i, c in enumerate(g.get("constant_data", []))
+                   if (c.get("named_key") or (c.get("offset"), c.get("size"))) not in known}
+        ids = set()
+        for v in g.get("xvalues", []):
+            u = v.get("xvalue_union", {})
+            t = u.get("tensor_value", {})
+            if t.get("constant_buffer_idx") in changed or u.get("quant_params", {}).get("scale_buffer_idx") in changed:
+                ids.add(t.get("id_out"))
+        for n in g.get("xnodes", []):
+            u = n.get("xnode_union", {})
+            if not any(u.get(k) in ids for k in u if k.endswith("_id") and k != "output_id"):
+                continue
+            inner = by_handle.get(int(n.get("debug_handle", -1)))
+            # the handle may sit on the fused group's output quantize/dequantize: name the op that computed it
+            while (inner is not None and "quantize" in inner.name and inner.args
+                   and isinstance(inner.args[0], torch.fx.Node) and inner.args[0].op == "call_function"):
+                inner = inner.args[0]
+            stack = (inner.meta.get("nn_module_stack") or {}) if inner is not None else {}
+            rows.append({"xnode": n.get("xnode_union_type", "?").removeprefix("XNN"),
+                         "debug_handle": n.get("debug_handle"), "op": inner.name if inner is not None else None,
+                         "module": next((path for path, _ in reversed(stack.values()) if path), None)})
+    return rows

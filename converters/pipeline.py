@@ -595,6 +595,10 @@ def _layer_failures(result: dict[str, Any]) -> str:
     if result.get("layers_runtime_identical") is False:
         why.append("the program the per-op check inspected is not what the artifact computes: the artifact is not "
                    "the lowering of its recorded quantised graph")
+        differs = result.get("layers_artifact_differs") or []
+        if differs:
+            why.append("its constants differ from that lowering's at " + ", ".join(
+                f"{d['op']} ({d['xnode']}{', module ' + d['module'] if d.get('module') else ''})" for d in differs[:5]))
     return "; ".join(why)
 
 
@@ -668,7 +672,8 @@ def _int8_layer_report(conv: Converter, artifact: Path, qref: torch.fx.GraphModu
                  "deployed model computes")
     return {"layers": rep["layers"], "first_divergence": rep["first_divergence"], "layers_note": note,
             "layers_tolerance_lsb": LOCAL_TOLERANCE_LSB, "layers_unmatched": rep["unmatched"],
-            "layers_runtime_identical": rep["runtime_identical"]}
+            "layers_runtime_identical": rep["runtime_identical"],
+            "layers_artifact_differs": rep.get("artifact_differs")}
 
 
 def _store_check(artifact: Path, meta: dict[str, Any], result: dict[str, Any]) -> None:

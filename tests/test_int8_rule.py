@@ -106,7 +106,8 @@ def _break_executorch(good: Path, bad: Path) -> str:
     mangled one constant); returns the conv's node name."""
     meta = read_sidecar(good)
     q = quantized_reference(meta, build_source(meta["source"]))
-    deq = [n for n in q.graph.nodes if str(n.target).startswith("quantized_decomposed.dequantize_per_channel")]
+    deq = [n for n in q.graph.nodes if str(n.target).startswith("quantized_decomposed.dequantize_per_channel")
+           and any("conv" in str(u.target) for u in n.users)]
     scales = deq[-1].args[1]
     setattr(q, scales.target, getattr(q, scales.target) * 2)
     conv = get_converter("executorch")
@@ -175,6 +176,10 @@ def test_broken_int8_artifact_fails_under_both_rules_and_layers_names_it(to, art
         # graph, and the twin not reproducing the artifact's output is what gives the broken artifact away
         assert layered["layers_runtime_identical"] is False
         assert "not the lowering of its recorded quantised graph" in layered["rule_note"]
+        # ... and the delegate constants that a fresh lowering of that graph lacks name the conv
+        differs = layered["layers_artifact_differs"]
+        assert differs and {d["xnode"] for d in differs} == {"Conv2d"}, differs
+        assert all("convolution" in d["op"] and d["op"] in layered["rule_note"] for d in differs), differs
         return
     worst = max(layered["layers"], key=lambda r: r["local_max_lsb"])
     assert worst["local_max_lsb"] > 10 and "+".join(worst["segment"]) in layered["rule_note"].split("worst first")[1]
