@@ -25,7 +25,6 @@ from mobilevits.base import Normalize
 from .base import (
     ConversionError,
     Converter,
-    Delegation,
     RuntimeUnavailableError,
     UnsupportedError,
     atomic_replace,
@@ -681,7 +680,3 @@ def _store_check(artifact: Path, meta: dict[str, Any], result: dict[str, Any]) -
     # the per-op table stays out of the sidecar (hundreds of rows); first_divergence is kept
     meta["check"] = {k: v for k, v in result.items() if k not in ("artifact", "layers", "layers_unmatched")}
     write_sidecar(artifact, meta)
-
-
-def delegation_of(artifact: str | Path) -> Delegation:
-    return Delegation.from_dict(read_sidecar(artifact).get("delegation") or {})

@@ -30,7 +30,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 MANIFEST_NAME = "manifest.json"
 MANIFEST_SCHEMA_VERSION = 1
-BENCH_SCHEMA_VERSION = 1
 TEST_IMAGE_SOURCE = "skimage.data.chelsea"
 
 

@@ -30,7 +30,6 @@ import numpy as np
 from .app_assets import compute_stats
 
 RUNTIMES = ("torch", "executorch", "tflite", "coreml")
-SUFFIX_RUNTIME = {".pte": "executorch", ".tflite": "tflite", ".mlpackage": "coreml"}
 CSV_FIELDS = ("order", "id", "model", "resolution", "runtime", "delegate", "precision", "threads", "device", "route",
               "warmup", "iterations", "load_ms_cold", "load_ms_warm", "first_inference_ms", "median_ms", "p10_ms",
               "p90_ms", "trimmed_mean_ms", "mean_ms", "std_ms", "min_ms", "max_ms", "cv", "artifact")

@@ -58,7 +58,6 @@ TFL_SUMMARY = re.compile(r"Inference timings in us: Init: ([0-9.e+]+), First inf
                          r"Warmup \(avg\): ([0-9.e+]+), Inference \(avg\): ([0-9.e+]+)")
 TFL_STAT = re.compile(r"count=(\d+)(?: first=(\d+))? curr=(\d+)(?:\(all same\))?"
                       r"(?: min=(\d+) max=(\d+) avg=([0-9.e+]+) std=(\d+))?")
-TFL_INIT = re.compile(r"Initialized session in ([0-9.e+]+)ms\.")
 LRT_LINES = {
     "init_ms": re.compile(r"Model initialization:\s+([0-9.]+) ms"),
     "first_ms": re.compile(r"Warmup \(first\):\s+([0-9.]+) ms"),
