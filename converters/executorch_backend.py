@@ -182,6 +182,7 @@ def compare_layers(path: Path, graph: torch.nn.Module, x: torch.Tensor) -> dict[
 def _xnnpack_graphs(pte: bytes) -> list[dict[str, Any]]:
     """The XNNPACK delegate payloads of a program as JSON (xnodes, xvalues, constant_data), via flatc."""
     import json
+    import re
     import subprocess
     import tempfile
 
@@ -202,7 +203,10 @@ def _xnnpack_graphs(pte: bytes) -> list[dict[str, Any]]:
             flat.write_bytes(payload[header.flatbuffer_offset:header.flatbuffer_offset + header.flatbuffer_size])
             subprocess.run([_get_flatc_path(), "--json", "--raw-binary", "--strict-json", "-o", tmp, str(schema),
                             "--", str(flat)], check=True, capture_output=True)
-            graphs.append(json.loads((Path(tmp) / f"g{i}.json").read_text()))
+            # flatc writes infinite clamp bounds as bare inf / -inf / nan, which JSON does not have
+            text = re.sub(r"(?<=[:\[,\s])(-?)(inf|nan)\b", lambda m: {"inf": f"{m[1]}Infinity", "nan": "NaN"}[m[2]],
+                          (Path(tmp) / f"g{i}.json").read_text())
+            graphs.append(json.loads(text))
     return graphs
 
 

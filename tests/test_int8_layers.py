@@ -122,4 +122,8 @@ def test_executorch_activations_tapped_through_the_delegate_match_within_one_ste
 
     # an artifact that is not this graph's lowering (other weights) is flagged, not silently inspected
     _int8(conv.quantizer("int8"), tmp_path / "other.pte", conv, seed=1)
-    assert not executorch_backend.compare_layers(tmp_path / "other.pte", q, x)["runtime_identical"]
+    other = executorch_backend.compare_layers(tmp_path / "other.pte", q, x)
+    assert not other["runtime_identical"]
+    # and the delegate constants a lowering of this graph lacks name every conv (all three have other weights)
+    named = sorted(d["op"] for d in other["artifact_differs"])
+    assert named == [f"aten_convolution_default{s}" for s in ("", "_1", "_2")], other["artifact_differs"]
