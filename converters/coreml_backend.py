@@ -201,23 +201,17 @@ def compare_layers(path: Path, graph: torch.nn.Module, x: torch.Tensor) -> dict[
     it), zero point and element count, in program order. ``runtime_identical``: the capturing run
     gave the same output as a plain run of the executor.
     """
-    from .int8_layers import local_layer_report
-    from .mil_executor import load_mlpackage
+    from .int8_layers import closest, local_layer_report
+    from .mil_executor import const_value, load_mlpackage
 
     x = x[:1].contiguous()
     program = load_mlpackage(path)
     in_name, out_name = CoreMLConverter().io_names()
     outputs, captured = program.run({in_name: x.numpy().astype(np.float32)}, capture=True)
 
-    def const(binding: list[tuple[str, Any]] | None) -> np.ndarray | None:
-        if not binding:
-            return None
-        kind, v = binding[0]
-        return np.asarray(program.consts.get(v) if kind == "var" else v)
-
     by_qparams: dict[tuple[float, int], list[tuple[str, np.ndarray]]] = {}
     for op in program.ops:
-        scale, zp = const(op.inputs.get("scale")), const(op.inputs.get("zero_point"))
+        scale, zp = const_value(program, op.inputs.get("scale")), const_value(program, op.inputs.get("zero_point"))
         if op.type != "quantize" or scale is None or scale.size != 1:
             continue
         t = np.asarray(captured[op.output_names[0]]).astype(np.int32)
@@ -227,16 +221,9 @@ def compare_layers(path: Path, graph: torch.nn.Module, x: torch.Tensor) -> dict[
         by_qparams.setdefault((float(np.float16(scale.reshape(-1)[0])), zp_i), []).append((op.name, t))
 
     def lookup(node: torch.fx.Node, value: torch.Tensor, scale: float, zp: int) -> tuple[str, torch.Tensor] | None:
-        # several tensors can share quantisation parameters (a reshape keeps its input's): take the closest
-        best: tuple[str, torch.Tensor, float] | None = None
-        for name, t in by_qparams.get((float(np.float16(scale)), zp), []):
-            if t.size != value.numel():
-                continue
-            v = torch.from_numpy(t.astype(np.int8)).reshape(value.shape)
-            err = float((v.int() - value.int()).abs().float().mean())
-            if best is None or err < best[2]:
-                best = (f"{name} (MIL)", v, err)
-        return None if best is None else best[:2]
+        return closest(((f"{name} (MIL)", torch.from_numpy(t.astype(np.int8)).reshape(value.shape))
+                        for name, t in by_qparams.get((float(np.float16(scale)), zp), []) if t.size == value.numel()),
+                       value)
 
     rep = local_layer_report(graph, x, lookup)
     plain = program.run({in_name: x.numpy().astype(np.float32)})

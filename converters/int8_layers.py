@@ -12,7 +12,7 @@ keeps every tensor, ExecuTorch from a program with the activations tapped as ext
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -81,6 +81,17 @@ def local_layer_report(graph: torch.nn.Module, x: torch.Tensor, lookup: Lookup) 
     first = next((r for r in rows if r["status"] != "ok"), None)
     return {"layers": rows, "first_divergence": first, "compared": len(rows), "total": len(rows) + len(unmatched),
             "unmatched": unmatched}
+
+
+def closest(candidates: Iterable[tuple[str, torch.Tensor]], value: torch.Tensor) -> tuple[str, torch.Tensor] | None:
+    """The candidate (label, int8 tensor already in ``value``'s shape) nearest to ``value`` by mean absolute
+    difference: several artifact tensors can share quantisation parameters (a reshape keeps its input's)."""
+    best: tuple[str, torch.Tensor, float] | None = None
+    for label, t in candidates:
+        err = float((t.int() - value.int()).abs().float().mean())
+        if best is None or err < best[2]:
+            best = (label, t, err)
+    return None if best is None else best[:2]
 
 
 def without_activation_quantization(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:

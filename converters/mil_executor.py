@@ -295,12 +295,18 @@ def compare_layers(program: MILProgram, captured: dict[str, np.ndarray], referen
 _BENIGN = ("ok", "rescaled", "cancellation", "rounding")
 
 
-def _const_int(program: MILProgram, binding: list[tuple[str, Any]] | None) -> int | None:
+def const_value(program: MILProgram, binding: list[tuple[str, Any]] | None) -> np.ndarray | None:
+    """The value of an op input bound to a constant (a ``const`` variable or a literal), else None."""
     if not binding:
         return None
     kind, v = binding[0]
     value = program.consts.get(v) if kind == "var" else v
-    return None if value is None else int(np.asarray(value).reshape(-1)[0])
+    return None if value is None else np.asarray(value)
+
+
+def _const_int(program: MILProgram, binding: list[tuple[str, Any]] | None) -> int | None:
+    value = const_value(program, binding)
+    return None if value is None else int(value.reshape(-1)[0])
 
 
 def _explain(op: MILOp, ref: np.ndarray, out: np.ndarray, program: MILProgram, captured: dict[str, np.ndarray],

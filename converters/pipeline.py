@@ -439,8 +439,7 @@ def check_artifact(
 
     ds = load_data(data, src.preprocess, limit=limit)
     x = ds.images
-    with torch.no_grad():
-        ref_float = np.concatenate([src(x[i:i + 1]).numpy() for i in range(x.shape[0])])
+    ref_float = _run_per_image(src, x)
     threshold = THRESHOLDS_DB[precision]
     result: dict[str, Any] = {
         "artifact": str(artifact), "runtime": conv.name, "precision": precision, "data": ds.source,
@@ -506,7 +505,7 @@ def check_artifact(
         out = conv.run(artifact, x.numpy(), threads=threads)
     result.update(compare(ref, out))
     result["images"] = int(x.shape[0])
-    result["sqnr_vs_float_db"] = compare(ref_float, out)["sqnr_db"]
+    result["sqnr_vs_float_db"] = sqnr_db(ref_float, out)
     if precision == "int8":
         result["sqnr_quantised_vs_float_db"] = sqnr_db(same_weights_float, ref) if qref is not None else None
     if ds.labels is not None:
@@ -519,7 +518,7 @@ def check_artifact(
         result["passed"] = result["passed"] and not problems
         if ok:  # macOS: Core ML itself, so the executor is checked against it wherever a Mac runs this
             predicted = conv.run(artifact, x.numpy(), threads=threads)
-            p = {**compare(ref, predicted), "sqnr_vs_float_db": compare(ref_float, predicted)["sqnr_db"],
+            p = {**compare(ref, predicted), "sqnr_vs_float_db": sqnr_db(ref_float, predicted),
                  "images": result["images"], "sqnr_quantised_vs_float_db": result.get("sqnr_quantised_vs_float_db")}
             p.update(_verdict(precision, p))
             result["coreml_predict"] = p
@@ -565,7 +564,8 @@ def run_artifact(artifact: str | Path, x: np.ndarray, threads: int = 1) -> np.nd
 
 
 def _run_per_image(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
-    """(N, classes) logits, one image at a time (a QAT reference is exported at batch 1)."""
+    """(N, classes) logits, one image at a time (the check's per-sample contract; a QAT reference is
+    exported at batch 1)."""
     with torch.no_grad():
         return np.concatenate([model(x[i:i + 1]).numpy() for i in range(x.shape[0])])
 

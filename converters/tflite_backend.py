@@ -316,7 +316,7 @@ def compare_layers(path: Path, graph: torch.nn.Module, x: torch.Tensor) -> dict[
     """
     from ai_edge_litert.interpreter import Interpreter
 
-    from .int8_layers import local_layer_report
+    from .int8_layers import closest, local_layer_report
 
     x = x[:1].contiguous()
     with quiet():
@@ -338,18 +338,10 @@ def compare_layers(path: Path, graph: torch.nn.Module, x: torch.Tensor) -> dict[
                     (op["op_name"], it.get_tensor(t_idx).copy()))
 
     def lookup(node: torch.fx.Node, value: torch.Tensor, scale: float, zp: int) -> tuple[str, torch.Tensor] | None:
-        best: tuple[str, torch.Tensor, torch.Tensor] | None = None
-        for tfl_op, t in by_qparams.get((float(np.float32(scale)), zp), []):
-            if t.size != value.numel():
-                continue
-            # the same data in PyTorch's layout: as is, or from NHWC where litert-torch kept channels last
-            views = [t] + ([t.transpose(0, 3, 1, 2)] if t.ndim == 4 else [])
-            for v in views:
-                v = torch.from_numpy(np.ascontiguousarray(v)).reshape(value.shape)
-                err = (v.int() - value.int()).abs().float().mean()
-                if best is None or err < best[2]:
-                    best = (tfl_op, v, err)
-        return None if best is None else best[:2]
+        # the same data in PyTorch's layout: as is, or from NHWC where litert-torch kept channels last
+        return closest(((tfl_op, torch.from_numpy(np.ascontiguousarray(v)).reshape(value.shape))
+                        for tfl_op, t in by_qparams.get((float(np.float32(scale)), zp), []) if t.size == value.numel()
+                        for v in [t] + ([t.transpose(0, 3, 1, 2)] if t.ndim == 4 else [])), value)
 
     rep = local_layer_report(graph, x, lookup)
     rep["runtime_identical"] = bool(np.array_equal(final, TFLiteConverter().run(path, x.numpy())))
