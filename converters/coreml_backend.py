@@ -71,6 +71,7 @@ class CoreMLConverter(Converter):
         program = program.run_decompositions({})
         note = ""
         with quiet(), _float_scalar_dequantize():
+            _fresh_op_names()
             try:
                 ml = ct.convert(program, **kwargs)
             except Exception as e:
@@ -80,6 +81,7 @@ class CoreMLConverter(Converter):
                 # ("Op matmul: x ..., y ... are not broadcastable"). Convert without that pass.
                 pipeline = ct.PassPipeline.DEFAULT
                 pipeline.remove_passes(["common::reduce_transposes"])
+                _fresh_op_names()
                 ml = ct.convert(program, pass_pipeline=pipeline, **kwargs)
                 note = "common::reduce_transposes disabled (coremltools 9.0 crash)"
             if precision == "w8":
@@ -177,6 +179,16 @@ def _float_scalar_dequantize() -> Iterator[None]:
         yield
     finally:
         qops._dequantize_general = original
+
+
+def _fresh_op_names() -> None:
+    """Restart coremltools' op naming. It names new ops from one process-wide counter per op type and its
+    fp16 pass names casts after them, so without this a conversion after any other MIL work in the same
+    process yields linear_1, linear_2, ... instead of linear_0, ...: the package then differs byte for byte
+    and the per-op check pairs ops with the wrong PyTorch nodes."""
+    from coremltools.converters.mil.mil.builder import Builder
+
+    Builder.name_count.clear()
 
 
 def op_histogram(path: Path) -> dict[str, int]:

@@ -291,9 +291,7 @@ def fit(
                     if bar is not None:
                         bar.close()
                     save(state)
-                    raise KeyboardInterrupt(
-                        f"interrupted at epoch {state.epoch + 1}, batch {state.batch}; checkpoint {ckpt_path} "
-                        "written: rerun the same command with --resume")
+                    _stop(state, ckpt_path)
             if bar is not None:
                 bar.close()
             set_eval(module)
@@ -303,10 +301,18 @@ def fit(
                                   "lr": sched.get_last_lr()[0], "seconds": round(time.perf_counter() - t0, 2)})
             state.epoch, state.batch = epoch + 1, 0
             save(state)
+            if interrupts.requested:  # Ctrl-C during the evaluation: this epoch's checkpoint is the stop
+                _stop(state, ckpt_path)
             log(f"{kind} epoch {epoch + 1}/{recipe.epochs}: loss {loss_sum / max(1, seen):.3f}, "
                 f"val top-1 {100 * val:.1f}%")
     set_eval(module)
     return state
+
+
+def _stop(state: State, ckpt_path: Path) -> None:
+    raise KeyboardInterrupt(
+        f"interrupted at epoch {state.epoch + 1}, batch {state.batch}; checkpoint {ckpt_path} "
+        "written: rerun the same command with --resume")
 
 
 class _Interrupts:

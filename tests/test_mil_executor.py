@@ -639,6 +639,15 @@ def test_fp32_package_outputs_capture_and_layers(packages):
     assert "layers" not in stored and "first_divergence" in stored
 
 
+def test_op_names_do_not_depend_on_earlier_mil_work_in_the_process(tmp_path):
+    # an unnamed MIL op built first bumps coremltools' process-wide name counter
+    mil_program(lambda i: {"y": mb.linear(x=i["v"], weight=np.ones((3, 6), np.float32))}, {"v": INPUTS["v"]})
+    r = convert("mobilenetv3_tiny", to="coreml", precision="fp16", num_classes=10, resolution=96, out=tmp_path,
+                show_progress=False, check=False)
+    names = [op.output_names[0] for op in load_mlpackage(r["artifact"]).ops if op.type == "linear"]
+    assert names and names[0].startswith("linear_0"), names
+
+
 @pytest.mark.slow
 def test_check_fails_on_an_op_the_executor_lacks(packages, monkeypatch):
     r = packages("mobilenetv3_tiny", "fp32")
