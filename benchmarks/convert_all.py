@@ -15,7 +15,7 @@ post-training quantisation calibrated on the photos. Results are saved after eve
 
 Phase 2 (unless ``--no-latency``): the ExecuTorch and LiteRT artifacts of phase 1 (converted again
 if a resumed run no longer has them on disk) and PyTorch eager are timed by the shared harness
-(:func:`mobilevits.bench.bench`: shuffled cells, cool-down, median of ``--iterations`` after
+(:func:`mobilevits.workflows.bench.bench`: shuffled cells, cool-down, median of ``--iterations`` after
 ``--warmup``) at each of ``--threads``. Do not run anything else meanwhile.
 
 The Markdown tables replace the section between the markers in BENCHMARKS.md; the raw results go
@@ -35,10 +35,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import mobilevits  # noqa: E402
-from converters import convert  # noqa: E402
-from converters.base import atomic_write_text, tool_versions  # noqa: E402
-from converters.pipeline import check_artifact  # noqa: E402
-from mobilevits.bench import bench, host_environment  # noqa: E402
+from converters import (  # noqa: E402
+    atomic_write_text,
+    check_artifact,  # noqa: E402
+    convert,  # noqa: E402
+    tool_versions,
+)
+from mobilevits.workflows.bench import bench, host_environment  # noqa: E402
 
 DEFAULT_PATHS = "executorch:fp32,executorch:int8,tflite:fp32,tflite:int8,coreml:fp32,coreml:fp16,coreml:int8"
 TIMED = ("executorch", "tflite")  # runtimes that run on this host

@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mobilevits.findings import summary  # noqa: E402
+from mobilevits.workflows.findings import summary  # noqa: E402
 
 
 def render(result: dict) -> str:

@@ -22,8 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from converters.base import atomic_write_text  # noqa: E402
-from mobilevits.training import qat, train  # noqa: E402
+from converters import atomic_write_text  # noqa: E402
+from mobilevits.workflows.training import qat, train  # noqa: E402
 
 
 def _pct(v: float | None) -> str:

@@ -29,11 +29,15 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from converters import get_converter  # noqa: E402
-from converters.base import atomic_write_text, quiet, tool_versions  # noqa: E402
-from converters.executorch_backend import _set_threads  # noqa: E402
-from mobilevits.bench import _timed_loop  # noqa: E402
+from converters import (  # noqa: E402
+    atomic_write_text,
+    get_converter,  # noqa: E402
+    quiet,
+    tool_versions,
+)
+from converters.executorch_backend import set_threads  # noqa: E402
 from mobilevits.layers import LayerNorm, set_layernorm_mean  # noqa: E402
+from mobilevits.workflows.bench import _timed_loop  # noqa: E402
 
 BEGIN, END = "<!-- runtime_kernels:begin -->", "<!-- runtime_kernels:end -->"
 
@@ -90,7 +94,7 @@ def measure(name: str, module: nn.Module, shape: tuple[int, ...], folder: Path, 
     pte, tfl = folder / f"{name}.pte", folder / f"{name}.tflite"
     get_converter("executorch").lower(program, "fp32", pte, False)
     get_converter("tflite").lower(program, "fp32", tfl, False, module=module)
-    _set_threads(1)
+    set_threads(1)
     with quiet():
         method = Runtime.get().load_program(str(pte)).load_method("forward")
         it = Interpreter(model_path=str(tfl), num_threads=1)

@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
@@ -68,6 +68,30 @@ class Delegation:
         left = ", ".join(f"{k} x{v}" for k, v in sorted(self.not_delegated_ops.items())) or "none"
         return (f"{self.delegated}/{self.delegated + self.not_delegated} ops delegated "
                 f"({100 * self.fraction:.1f}%, {self.partitions} partition(s)); outside: {left}")
+
+
+class Session(ABC):
+    """An artifact loaded in its runtime on this host, ready to run; ``close`` (or ``with``) releases it.
+
+    The converter that made the artifact opens it (:meth:`Converter.open`), so code on top (check, bench,
+    the CLI) never touches a runtime's API. Threads are fixed at open: XNNPACK binds its pool at load.
+    """
+
+    runtime_version: str = ""
+
+    @abstractmethod
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """(N, 3, R, R) float32 -> (N, classes) float32, image by image (the artifacts take batch 1)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the runtime's objects."""
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 class Converter(ABC):
@@ -133,8 +157,13 @@ class Converter(ABC):
         """Convert ``program`` (float, or holding quantize/dequantize ops) and write ``path``."""
 
     @abstractmethod
+    def open(self, path: Path, threads: int = 1) -> Session:
+        """Load the artifact in this backend's runtime on this host (RuntimeUnavailableError if it cannot)."""
+
     def run(self, path: Path, x: np.ndarray, threads: int = 1) -> np.ndarray:
         """Execute the artifact on one input batch (N, 3, R, R) float32 and return (N, classes)."""
+        with self.open(path, threads) as session:
+            return session.run(x)
 
     def delegation(self, path: Path) -> Delegation:
         """Re-derive the delegation report from an artifact (the sidecar already stores it)."""
@@ -152,6 +181,38 @@ class Converter(ABC):
 
     def io_names(self) -> tuple[str, str]:
         return "image", "logits"
+
+
+_CONVERTERS: dict[str, type[Converter]] = {}
+ConverterT = TypeVar("ConverterT", bound=type[Converter])
+
+
+def register_converter(cls: ConverterT) -> ConverterT:
+    """Class decorator: make a backend reachable by its ``name`` (CLI choices, ``get_converter``)."""
+    if cls.name in _CONVERTERS:
+        raise ValueError(f"backend {cls.name!r} is already registered")
+    _CONVERTERS[cls.name] = cls
+    return cls
+
+
+def backends() -> tuple[str, ...]:
+    """Names of the registered backends, in registration order."""
+    return tuple(_CONVERTERS)
+
+
+def precisions() -> tuple[str, ...]:
+    """Every precision some backend offers (fp32 first)."""
+    seen: dict[str, None] = {}
+    for cls in _CONVERTERS.values():
+        seen.update(dict.fromkeys(cls.precisions))
+    return tuple(seen)
+
+
+def get_converter(name: str) -> Converter:
+    """The converter registered as ``name``; anything else is an UnsupportedError naming the choices."""
+    if name not in _CONVERTERS:
+        raise UnsupportedError(f"unknown backend {name!r}; choose one of {', '.join(_CONVERTERS)}")
+    return _CONVERTERS[name]()
 
 
 def keep_float(quantizer: Any) -> Any:

@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import Converter, Delegation, RuntimeUnavailableError, quiet
+from .base import Converter, Delegation, RuntimeUnavailableError, Session, quiet, register_converter
 
 
+@register_converter
 class CoreMLConverter(Converter):
     name = "coreml"
     suffix = ".mlpackage"
@@ -100,17 +101,12 @@ class CoreMLConverter(Converter):
                                             note) if x)
         return report
 
-    def run(self, path: Path, x: np.ndarray, threads: int = 1) -> np.ndarray:
+    def open(self, path: Path, threads: int = 1, compute_units: str = "cpu_only") -> Session:
+        """``MLModel`` on macOS; ``compute_units``: cpu_only (the check's numerics), all, cpu_and_gpu, ..."""
         ok, why = self.runtime_availability()
         if not ok:
             raise RuntimeUnavailableError(why)
-        import coremltools as ct
-
-        with quiet():
-            ml = ct.models.MLModel(str(path), compute_units=ct.ComputeUnit.CPU_ONLY)
-        in_name, out_name = self.io_names()
-        return np.concatenate([ml.predict({in_name: x[i:i + 1].astype(np.float32)})[out_name]
-                               for i in range(x.shape[0])])
+        return _CoreMLSession(path, self.io_names(), compute_units)
 
     def delegation(self, path: Path) -> Delegation:
         hist = op_histogram(path)
@@ -241,3 +237,20 @@ def compare_layers(path: Path, graph: torch.nn.Module, x: torch.Tensor) -> dict[
     plain = program.run({in_name: x.numpy().astype(np.float32)})
     rep["runtime_identical"] = bool(np.array_equal(np.asarray(outputs[out_name]), np.asarray(plain[out_name])))
     return rep
+
+
+class _CoreMLSession(Session):
+    def __init__(self, path: Path, io_names: tuple[str, str], compute_units: str) -> None:
+        import coremltools as ct
+
+        with quiet():
+            self._ml = ct.models.MLModel(str(path), compute_units=getattr(ct.ComputeUnit, compute_units.upper()))
+        self._in, self._out = io_names
+        self.runtime_version = ct.__version__
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return np.concatenate([self._ml.predict({self._in: x[i:i + 1].astype(np.float32)})[self._out]
+                               for i in range(x.shape[0])])
+
+    def close(self) -> None:
+        self._ml = None

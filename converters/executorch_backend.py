@@ -6,6 +6,7 @@ symmetric weights). The host runtime is ``executorch.runtime``.
 
 from __future__ import annotations
 
+import importlib.metadata
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import Converter, Delegation, RuntimeUnavailableError, UnsupportedError, keep_float, quiet
+from .base import (
+    Converter,
+    Delegation,
+    RuntimeUnavailableError,
+    Session,
+    UnsupportedError,
+    keep_float,
+    quiet,
+    register_converter,
+)
 
 _IGNORED = {"getitem", "executorch_call_delegate", "<built-in function getitem>"}
 
@@ -48,6 +58,7 @@ def edge_delegation(edge_program: Any) -> Delegation:
     return Delegation(sum(inside.values()), sum(outside.values()), dict(outside), dict(inside), partitions)
 
 
+@register_converter
 class ExecuTorchConverter(Converter):
     name = "executorch"
     suffix = ".pte"
@@ -105,21 +116,31 @@ class ExecuTorchConverter(Converter):
         report.note = f"delegate: {delegate}"
         return report
 
-    def run(self, path: Path, x: np.ndarray, threads: int = 1) -> np.ndarray:
+    def open(self, path: Path, threads: int = 1) -> Session:
+        return _ExecuTorchSession(path, threads)
+
+
+class _ExecuTorchSession(Session):
+    def __init__(self, path: Path, threads: int) -> None:
         from executorch.runtime import Runtime
 
-        _set_threads(threads)
+        set_threads(threads)  # XNNPACK binds its thread pool at load
         with quiet():
-            method = Runtime.get().load_program(str(path)).load_method("forward")
+            self._method = Runtime.get().load_program(str(path)).load_method("forward")
+        self.runtime_version = importlib.metadata.version("executorch")
+
+    def run(self, x: np.ndarray) -> np.ndarray:
         outs = []
-        # The program was exported at batch 1: run sample by sample.
-        for i in range(x.shape[0]):
-            (y,) = method.execute([torch.from_numpy(np.ascontiguousarray(x[i:i + 1]))])
+        for i in range(x.shape[0]):  # the program was exported at batch 1
+            (y,) = self._method.execute([torch.from_numpy(np.ascontiguousarray(x[i:i + 1], dtype=np.float32))])
             outs.append(y.numpy().copy())
         return np.concatenate(outs)
 
+    def close(self) -> None:
+        self._method = None
 
-def _set_threads(n: int) -> None:
+
+def set_threads(n: int) -> None:
     """XNNPACK binds its thread pool when a program loads, so this must run before loading."""
     try:
         with quiet():  # the first import logs cpuinfo lines, the reset a thread-pool line, natively

@@ -29,6 +29,7 @@ from .base import (
     UnsupportedError,
     atomic_replace,
     atomic_write_text,
+    get_converter,
     quiet,
     remove_path,
     tool_versions,
@@ -43,26 +44,6 @@ SIDECAR_FORMAT = "mobilevits-artifact/1"
 # small tensors make that step large relative to the signal; a real fault (a wrong constant, a misread
 # layout) shows as 0 dB or below.
 LAYER_TOLERANCES_DB = {"fp32": 60.0, "fp16": 35.0, "w8": 25.0, "int8": 20.0}
-
-
-def _backends() -> dict[str, type[Converter]]:
-    # Imported lazily: each module imports its toolchain only inside methods.
-    from .coreml_backend import CoreMLConverter
-    from .executorch_backend import ExecuTorchConverter
-    from .tflite_backend import TFLiteConverter
-
-    return {c.name: c for c in (ExecuTorchConverter, CoreMLConverter, TFLiteConverter)}
-
-
-BACKENDS = ("executorch", "coreml", "tflite")
-
-
-def get_converter(name: str) -> Converter:
-    """The converter for ``executorch``, ``coreml`` or ``tflite``; anything else is a ValueError."""
-    backends = _backends()
-    if name not in backends:
-        raise UnsupportedError(f"unknown backend {name!r}; choose one of {', '.join(backends)}")
-    return backends[name]()
 
 
 def artifact_stem(model: str, resolution: int, backend: str, precision: str, delegate: str = "xnnpack") -> str:

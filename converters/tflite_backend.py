@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import Converter, Delegation, keep_float, quiet
+from .base import Converter, Delegation, Session, keep_float, quiet, register_converter
 
 
+@register_converter
 class TFLiteConverter(Converter):
     name = "tflite"
     suffix = ".tflite"
@@ -85,15 +86,8 @@ class TFLiteConverter(Converter):
             it.allocate_tensors()
         return it
 
-    def run(self, path: Path, x: np.ndarray, threads: int = 1) -> np.ndarray:
-        it = self._interpreter(path, threads)
-        inp, out = it.get_input_details()[0], it.get_output_details()[0]
-        ys = []
-        for i in range(x.shape[0]):
-            it.set_tensor(inp["index"], np.ascontiguousarray(x[i:i + 1], dtype=np.float32))
-            it.invoke()
-            ys.append(it.get_tensor(out["index"]).astype(np.float32).copy())
-        return np.concatenate(ys)
+    def open(self, path: Path, threads: int = 1) -> Session:
+        return _TFLiteSession(self._interpreter(path, threads))
 
     def delegation(self, path: Path) -> Delegation:
         """Ops by type, and which ones XNNPACK took: a node is delegated when it lies between a
@@ -346,3 +340,24 @@ def compare_layers(path: Path, graph: torch.nn.Module, x: torch.Tensor) -> dict[
     rep = local_layer_report(graph, x, lookup)
     rep["runtime_identical"] = bool(np.array_equal(final, TFLiteConverter().run(path, x.numpy())))
     return rep
+
+
+class _TFLiteSession(Session):
+    def __init__(self, interpreter: Any) -> None:
+        import ai_edge_litert
+
+        self._it = interpreter
+        self._in = interpreter.get_input_details()[0]["index"]
+        self._out = interpreter.get_output_details()[0]["index"]
+        self.runtime_version = getattr(ai_edge_litert, "__version__", "")
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        ys = []
+        for i in range(x.shape[0]):  # converted at batch 1
+            self._it.set_tensor(self._in, np.ascontiguousarray(x[i:i + 1], dtype=np.float32))
+            self._it.invoke()
+            ys.append(self._it.get_tensor(self._out).astype(np.float32).copy())
+        return np.concatenate(ys)
+
+    def close(self) -> None:
+        self._it = None

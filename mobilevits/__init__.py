@@ -8,6 +8,8 @@ Public API::
     mobilevits.reparameterize_model(model.eval())
 """
 
+# The one place the registry is filled: importing the family modules runs their registrations.
+from . import models  # noqa: E402, F401, I001
 from ._registry import ModelInfo, PaperNumbers, create_model, get_model_info, list_models, num_params
 from .base import ImageClassifier, Normalize, Preprocess, reparameterize_model, rerandomize_
 from .macs import count_macs

@@ -81,14 +81,8 @@ def register_model(info: ModelInfo) -> ModelInfo:
     return info
 
 
-def _ensure_loaded() -> None:
-    # Importing the family modules runs their register_model calls.
-    from . import models  # noqa: F401
-
-
 def list_models(pattern: str | None = None, include_tiny: bool = False) -> list[str]:
     """Registered model names, sorted, optionally filtered by an fnmatch pattern (``'levit*'``)."""
-    _ensure_loaded()
     names = [n for n, i in _REGISTRY.items() if include_tiny or not i.tiny]
     if pattern:
         names = [n for n in names if fnmatch.fnmatch(n, pattern)]
@@ -97,7 +91,6 @@ def list_models(pattern: str | None = None, include_tiny: bool = False) -> list[
 
 def get_model_info(name: str) -> ModelInfo:
     """The registry entry for ``name``; an unknown name raises ValueError with suggestions."""
-    _ensure_loaded()
     try:
         return _REGISTRY[name]
     except KeyError:

@@ -12,7 +12,7 @@ def digits_weights(tmp_path_factory) -> str:
     A trained model is what makes int8 checks and QAT ledgers mean something: on a random init the
     logits barely depend on the image, so top-1 agreement is trivially 100%.
     """
-    from mobilevits.training import train
+    from mobilevits.workflows.training import train
 
     out = tmp_path_factory.mktemp("digits_weights")
     r = train("mobilevit_tiny", resolution=96, epochs=5, out=out, show_progress=False, log=lambda s: None)

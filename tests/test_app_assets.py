@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mobilevits import app_assets
-from mobilevits.app_assets import (
+from mobilevits.workflows import app_assets
+from mobilevits.workflows.app_assets import (
     BenchResultError,
     bench_result_errors,
     compute_stats,
@@ -161,7 +161,7 @@ def test_export_ios_mlpackage_and_pte(artifacts, tmp_path):
 
 @pytest.mark.slow
 def test_merge_replace_labels_and_cli(artifacts, tmp_path, capsys):
-    from mobilevits.cli import main
+    from mobilevits.workflows.cli import main
 
     tfl, pte = _need(artifacts, "tflite", "executorch")
     export_app_assets([tfl], to="android_demo", dest=tmp_path)
@@ -251,7 +251,7 @@ def test_missing_artifact_sidecar_and_bad_labels(tmp_path):
     (["--to", "ios_phone"], "unknown app 'ios_phone'"),
 ])
 def test_cli_errors_are_one_line(tmp_path, capsys, argv, message):
-    from mobilevits.cli import EXIT_BAD_INPUT, main
+    from mobilevits.workflows.cli import EXIT_BAD_INPUT, main
 
     art = _fake_artifact(tmp_path, "m.mlpackage", "coreml", "coreml")
     assert main(["export-app-assets", str(art), *argv, "--dest", str(tmp_path / "out")]) == EXIT_BAD_INPUT
@@ -550,7 +550,7 @@ def test_normalization_outside_the_model(tmp_path, monkeypatch):
             seen["x"] = x
             return np.arange(10, dtype=np.float32)[None]
 
-    monkeypatch.setattr(converters.pipeline, "get_converter", lambda backend: FakeConverter())
+    monkeypatch.setattr(converters, "get_converter", lambda backend: FakeConverter())
     mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
     meta = {"backend": "tflite", "delegate": "xnnpack", "precision": "fp32", "tool_versions": {},
             "source": {"name": "mobilenetv3_tiny", "num_classes": 10},

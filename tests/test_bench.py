@@ -14,10 +14,10 @@ import pytest
 
 from converters.base import RuntimeUnavailableError
 from converters.pipeline import SIDECAR_FORMAT
-from mobilevits import devices
-from mobilevits.app_assets import compute_stats
-from mobilevits.bench import bench, format_table, statistics
-from mobilevits.devices import DeviceError
+from mobilevits.workflows import devices
+from mobilevits.workflows.app_assets import compute_stats
+from mobilevits.workflows.bench import bench, format_table, statistics
+from mobilevits.workflows.devices import DeviceError
 
 FIX = Path(__file__).parent / "fixtures" / "bench"
 
@@ -340,7 +340,7 @@ def test_host_smoke(tmp_path, capsys):
     assert len(list(csv.DictReader((tmp_path / "b.csv").open()))) == 2
     assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    from mobilevits.cli import main
+    from mobilevits.workflows.cli import main
 
     (tfl,) = [c["artifact"] for c in r["cells"] if c["runtime"] == "tflite"]
     capsys.readouterr()

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from mobilevits import findings as fd
-from mobilevits.cli import build_parser
+from mobilevits.workflows import findings as fd
+from mobilevits.workflows.cli import build_parser
 
 TINY_ROLES = {fd.MNV3: "mobilenetv3_tiny", fd.EFFICIENTNET: "efficientnet_tiny", fd.MOBILEVIT: "mobilevit_tiny",
               fd.MOBILE_FORMER: "mobile_former_tiny", fd.LEVIT: "levit_tiny", fd.SEPVIT: "sepvit_tiny"}

@@ -87,7 +87,7 @@ def test_a_tampered_bias_is_named_as_the_first_divergence(artifact, tmp_path):
     earlier = rep["layers"][:first["index"]]
     assert earlier and all(r["status"] == "ok" for r in earlier)
 
-    from mobilevits.cli import _describe_layers
+    from mobilevits.workflows.cli import _describe_layers
 
     text = _describe_layers({**rep, "layers_tolerance_lsb": 1, "threshold_db": 30.0})
     assert text.startswith("first divergence: conv2d_1+relu_1 (CONV_2D")

@@ -193,7 +193,7 @@ def test_broken_int8_artifact_fails_under_both_rules_and_layers_names_it(to, art
 
 
 def test_check_text_shows_the_rule_columns():
-    from mobilevits.cli import _describe_check
+    from mobilevits.workflows.cli import _describe_check
 
     c = {"passed": True, "runtime": "tflite", "precision": "int8", "sqnr_db": 27.6, "reference": "quantised graph",
          "sqnr_quantised_vs_float_db": 19.7, "margin_db": 7.9, "top1_agreement": 0.989, "images": 359,

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import mobilevits
-from mobilevits.training import CHECKPOINT, Recipe, _batches, _lr_lambda, qat, train
+from mobilevits.workflows.training import CHECKPOINT, Recipe, _batches, _lr_lambda, qat, train
 
 MODEL = "mobilevit_tiny"
 RES = 96
@@ -23,7 +23,7 @@ ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 
 def _cli(*args: str, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "mobilevits.cli", *args], env=ENV, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "mobilevits", *args], env=ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kw)
 
 
@@ -136,7 +136,7 @@ def test_resume_refuses_another_runs_checkpoint(float_weights, tmp_path):
 @pytest.mark.slow
 def test_ddp_two_processes_keep_replicas_identical(tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "mobilevits.cli", "train", MODEL,
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "mobilevits", "train", MODEL,
            "--resolution", str(RES), "--epochs", "1", "--train-limit", "128", "--batch-size", "32",
            "--out", str(tmp_path), "--json"]
     r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=900)
@@ -163,7 +163,7 @@ def test_qat_ledger_and_artifact_match_the_quantised_graph(float_weights, tmp_pa
     assert abs(step["difference"]) <= 0.015 and led["passed"]
     assert r["check"]["passed"] and r["check"]["reference"].startswith("quantised PyTorch"), r["check"]["rule_note"]
     assert r["check"]["sqnr_quantised_vs_float_db"] is not None and r["check"]["rule"] in ("sqnr", "margin")
-    from mobilevits.training import ledger_markdown
+    from mobilevits.workflows.training import ledger_markdown
 
     text = ledger_markdown(r)
     assert "quantised graph (convert_pt2e)" in text and "ledger PASS" in text
@@ -172,7 +172,7 @@ def test_qat_ledger_and_artifact_match_the_quantised_graph(float_weights, tmp_pa
 
 
 def test_paired_difference_counts_only_the_images_where_two_stages_disagree():
-    from mobilevits.training import paired_difference
+    from mobilevits.workflows.training import paired_difference
 
     a = np.array([1] * 90 + [0] * 10, dtype=bool)
     b = np.array([1] * 85 + [0] * 5 + [1] * 3 + [0] * 7, dtype=bool)  # 5 gained, 3 lost

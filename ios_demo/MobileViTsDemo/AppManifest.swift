@@ -1,6 +1,6 @@
 import Foundation
 
-/// manifest.json written by `mobilevits export-app-assets` (schema: mobilevits/schemas/app_manifest.schema.json).
+/// manifest.json written by `mobilevits export-app-assets` (schema: mobilevits/workflows/schemas/app_manifest.schema.json).
 /// Only the fields the app needs are decoded; tests/test_app_assets.py checks every key below exists in the schema.
 struct AppManifest: Decodable {
     static let supportedSchemaVersion = 1

@@ -1,8 +1,8 @@
 import Foundation
 
 /*
- The bench result JSON: ONE schema for both apps, mobilevits/schemas/bench_result.schema.json, parsed
- by `mobilevits bench --device ios...` (mobilevits.app_assets.load_bench_result).
+ The bench result JSON: ONE schema for both apps, mobilevits/workflows/schemas/bench_result.schema.json, parsed
+ by `mobilevits bench --device ios...` (mobilevits.workflows.app_assets.load_bench_result).
  tests/test_app_assets.py reads the CodingKeys of each struct below and checks them against the schema
  (BenchResult = the root object, DeviceInfo = "device", Stats = "stats", Top1 = "top1"), so renaming a
  field on one side fails that test. encode(to:) writes every key, nil as null (synthesized Encodable
@@ -145,7 +145,7 @@ struct DeviceInfo: Encodable {
     }
 }
 
-/// Summary statistics, defined as in the schema (and mobilevits.app_assets.compute_stats): median;
+/// Summary statistics, defined as in the schema (and mobilevits.workflows.app_assets.compute_stats): median;
 /// p90 by linear interpolation at rank 0.9 * (n - 1); trimmed mean of sorted[n/10 ..< 9n/10] (all
 /// samples when that is empty), as ExecuTorch's minibench; cv = sample standard deviation / mean.
 struct Stats: Encodable {

@@ -1,7 +1,7 @@
 import XCTest
 @testable import MobileViTsDemo
 
-/// Stats must match mobilevits.app_assets.compute_stats; tests/test_app_assets.py recomputes these
+/// Stats must match mobilevits.workflows.app_assets.compute_stats; tests/test_app_assets.py recomputes these
 /// GOLDEN values in Python from the same samples (and compares them with the Android StatsTest).
 final class StatsTests: XCTestCase {
     static let goldenMedian = 6.0

@@ -4,7 +4,7 @@ import org.json.JSONArray
 import org.json.JSONObject
 
 /**
- * manifest.json written by `mobilevits export-app-assets` (schema: mobilevits/schemas/app_manifest.schema.json).
+ * manifest.json written by `mobilevits export-app-assets` (schema: mobilevits/workflows/schemas/app_manifest.schema.json).
  * Only the fields the app needs are read; tests/test_app_assets.py checks every key read here exists in the schema.
  */
 class AppManifest(val app: String, val models: List<ModelEntry>) {

@@ -8,8 +8,8 @@ import org.json.JSONArray
 import org.json.JSONObject
 
 /*
- * The bench result JSON: ONE schema for both apps, mobilevits/schemas/bench_result.schema.json,
- * parsed by `mobilevits bench --device adb...` (mobilevits.app_assets.load_bench_result).
+ * The bench result JSON: ONE schema for both apps, mobilevits/workflows/schemas/bench_result.schema.json,
+ * parsed by `mobilevits bench --device adb...` (mobilevits.workflows.app_assets.load_bench_result).
  * tests/test_app_assets.py reads the put("...") keys of each class below and checks them against the
  * schema (BenchResult = the root object, DeviceInfo = "device", Stats = "stats", Top1 = "top1"), so
  * renaming a field here or there fails that test. JSONObject.put(key, null) REMOVES the key: nullable
@@ -131,7 +131,7 @@ class DeviceInfo(
 }
 
 /**
- * Summary statistics, defined as in the schema (and mobilevits.app_assets.compute_stats): median;
+ * Summary statistics, defined as in the schema (and mobilevits.workflows.app_assets.compute_stats): median;
  * p90 by linear interpolation at rank 0.9 * (n - 1); trimmed mean of sorted[n/10 until 9n/10] (all
  * samples when that is empty), as ExecuTorch's minibench; cv = sample standard deviation / mean.
  */

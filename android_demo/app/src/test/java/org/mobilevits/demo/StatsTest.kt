@@ -4,7 +4,7 @@ import org.junit.Assert.assertEquals
 import org.junit.Test
 
 /**
- * Stats must match mobilevits.app_assets.compute_stats; tests/test_app_assets.py recomputes these
+ * Stats must match mobilevits.workflows.app_assets.compute_stats; tests/test_app_assets.py recomputes these
  * GOLDEN values in Python from the same samples, so a change on either side fails one of the two tests.
  * Run with `./gradlew :app:testDebugUnitTest`.
  */

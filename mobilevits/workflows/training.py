@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._registry import create_model, get_model_info
-from .base import Normalize, reparameterize_model
-from .data import ImageSet, load_data
+from .._registry import create_model, get_model_info
+from ..base import Normalize, reparameterize_model
+from ..data import ImageSet, load_data
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -422,8 +422,8 @@ def _qat_ready(net: nn.Module) -> nn.Module:
     """The module QAT exports: eval-mode code paths (deploy formulations, no dropout) with BatchNorm
     after convolutions in training mode, which prepare_qat_pt2e folds into the conv with simulated
     quantisation. BatchNorms PT2E cannot fold (after linears, before classifiers) are folded now."""
-    from .base import ImageClassifier
-    from .layers import ConvNormAct
+    from ..base import ImageClassifier
+    from ..layers import ConvNormAct
 
     net.eval()
     for m in list(net.modules()):
@@ -468,10 +468,7 @@ def qat(
     )
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
 
-    from converters import convert, get_converter
-    from converters.base import quiet
-    from converters.compare import sqnr_db
-    from converters.pipeline import calibrate_and_quantize, run_artifact
+    from converters import calibrate_and_quantize, convert, get_converter, quiet, run_artifact, sqnr_db
 
     log = log or (lambda s: print(s, file=sys.stderr))
     conv = get_converter(backend)
@@ -602,7 +599,7 @@ def ledger_steps(hits: dict[str, np.ndarray]) -> dict[str, Any]:
 
 
 def _store_ledger(artifact: Path, ledger: dict[str, Any], notes: list[str]) -> None:
-    from converters.pipeline import read_sidecar, write_sidecar
+    from converters import read_sidecar, write_sidecar
 
     meta = read_sidecar(artifact)
     meta["ledger"] = {**ledger, "notes": notes}

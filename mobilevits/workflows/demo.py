@@ -15,11 +15,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from converters import backends
+
 from .report import format_model_table, model_table, table
 
 DEMO_MODEL, DEMO_RES = "mobilevit_xxs", 96
 FAST_MODEL, FAST_RES = "mobilevit_tiny", 96
-BACKENDS = ("executorch", "tflite", "coreml")
 
 
 def _say(msg: str) -> None:
@@ -54,7 +55,7 @@ def demo(out: str | Path = "out/demo", fast: bool = False) -> int:
     rows: list[list[Any]] = []
     ok = True
     fp32: dict[str, str] = {}
-    for backend in BACKENDS:
+    for backend in backends():
         r = convert(model, to=backend, precision="fp32", resolution=res, weights=tr["weights"], num_classes=10,
                     out=out / "fp32", data="digits")
         fp32[backend] = r["artifact"]
@@ -64,7 +65,7 @@ def demo(out: str | Path = "out/demo", fast: bool = False) -> int:
     _say(f"\n== 4. Quantization-aware training ({qat_epochs} epochs) and int8 conversion for each backend ==")
     ledgers = []
     rows = []
-    for backend in BACKENDS:
+    for backend in backends():
         q = qat(model, backend=backend, data="digits", weights=tr["weights"], resolution=res, epochs=qat_epochs,
                 out=out / f"qat_{backend}", train_limit=limit, log=_log)
         ledgers.append(q)

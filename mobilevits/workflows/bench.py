@@ -2,7 +2,7 @@
 
 Method (docs/latency.md#method): one cell per model x resolution x runtime x precision x threads, run in a seeded
 random order with a cool-down between cells; per cell a cold load, a warm load, the first inference, then
-``warmup`` untimed and ``iterations`` timed runs. Statistics use :func:`mobilevits.app_assets.compute_stats`,
+``warmup`` untimed and ``iterations`` timed runs. Statistics use :func:`mobilevits.workflows.app_assets.compute_stats`,
 the definition the phone apps use, so host and device numbers are comparable.
 """
 
@@ -27,9 +27,11 @@ from typing import Any
 
 import numpy as np
 
+from converters import backends
+
 from .app_assets import compute_stats
 
-RUNTIMES = ("torch", "executorch", "tflite", "coreml")
+RUNTIMES = ("torch", *backends())  # PyTorch eager, then every registered converter's runtime
 CSV_FIELDS = ("order", "id", "model", "resolution", "runtime", "delegate", "precision", "threads", "device", "route",
               "warmup", "iterations", "load_ms_cold", "load_ms_warm", "first_inference_ms", "median_ms", "p10_ms",
               "p90_ms", "trimmed_mean_ms", "mean_ms", "std_ms", "min_ms", "max_ms", "cv", "artifact")
@@ -92,7 +94,7 @@ def _timed_loop(step: Callable[[], Any], warmup: int, iterations: int) -> list[f
 def _host_torch(cell: dict[str, Any], x: np.ndarray, warmup: int, iterations: int) -> dict[str, Any]:
     import torch
 
-    from converters.pipeline import build_source
+    from converters import build_source
 
     torch.set_num_threads(int(cell["threads"]))
     source = cell["source"]
@@ -118,104 +120,41 @@ def _host_torch(cell: dict[str, Any], x: np.ndarray, warmup: int, iterations: in
             "runtime_version": torch.__version__, "actual_threads": torch.get_num_threads()}
 
 
-def _host_executorch(cell: dict[str, Any], x: np.ndarray, warmup: int, iterations: int) -> dict[str, Any]:
-    from executorch.runtime import Runtime
+def _host_artifact(cell: dict[str, Any], x: np.ndarray, warmup: int, iterations: int) -> dict[str, Any]:
+    """Time an artifact through the session its converter opens: cold load, first inference, warm
+    load, then ``warmup`` + ``iterations`` timed runs, all in this process."""
+    from converters import get_converter
 
-    from converters.executorch_backend import _set_threads
-
-    _set_threads(int(cell["threads"]))  # XNNPACK binds its pool at load: reset it first
-    path = str(cell["artifact"])
-    rt = Runtime.get()
-
-    def load() -> Any:
-        return rt.load_program(path).load_method("forward")
-
-    t0 = time.perf_counter_ns()
-    method = load()
-    cold = _ms(t0)
-    import torch
-
-    inputs = [torch.from_numpy(x)]
-    t0 = time.perf_counter_ns()
-    method.execute(inputs)
-    first = _ms(t0)
-    del method
-    gc.collect()
-    t0 = time.perf_counter_ns()
-    method = load()
-    warm = _ms(t0)
-    samples = _timed_loop(lambda: method.execute(inputs), warmup, iterations)
-    return {"load_ms_cold": cold, "load_ms_warm": warm, "first_inference_ms": first, "samples_ms": samples}
-
-
-def _host_tflite(cell: dict[str, Any], x: np.ndarray, warmup: int, iterations: int) -> dict[str, Any]:
-    from ai_edge_litert.interpreter import Interpreter
-
-    from converters.base import quiet
-
-    path = str(cell["artifact"])
+    conv = get_converter(cell["runtime"])
+    # Core ML times on every compute unit unless the cell names some (the check uses the CPU alone)
+    options = {"compute_units": str(cell.get("compute_units") or "all")} if cell["runtime"] == "coreml" else {}
 
     def load() -> Any:
-        with quiet():
-            it = Interpreter(model_path=path, num_threads=int(cell["threads"]))
-            it.allocate_tensors()
-        return it
+        return conv.open(Path(cell["artifact"]), threads=int(cell["threads"]), **options)
 
     t0 = time.perf_counter_ns()
-    it = load()
+    session = load()
     cold = _ms(t0)
-    idx = it.get_input_details()[0]["index"]
     xc = np.ascontiguousarray(x, dtype=np.float32)
-
-    def step() -> None:
-        it.set_tensor(idx, xc)
-        it.invoke()
-
     t0 = time.perf_counter_ns()
-    step()
+    session.run(xc)
     first = _ms(t0)
-    del it
+    session.close()
+    del session
     gc.collect()
     t0 = time.perf_counter_ns()
-    it = load()
+    session = load()
     warm = _ms(t0)
-    samples = _timed_loop(step, warmup, iterations)
-    return {"load_ms_cold": cold, "load_ms_warm": warm, "first_inference_ms": first, "samples_ms": samples}
+    try:
+        samples = _timed_loop(lambda: session.run(xc), warmup, iterations)
+    finally:
+        session.close()
+    return {"load_ms_cold": cold, "load_ms_warm": warm, "first_inference_ms": first, "samples_ms": samples,
+            "runtime_version": session.runtime_version}
 
 
-def _host_coreml(cell: dict[str, Any], x: np.ndarray, warmup: int, iterations: int) -> dict[str, Any]:
-    from converters.base import RuntimeUnavailableError
-    from converters.pipeline import get_converter
-
-    conv = get_converter("coreml")
-    ok, why = conv.runtime_availability()
-    if not ok:
-        raise RuntimeUnavailableError(f"Core ML timing needs macOS: {why}")
-    import coremltools as ct
-
-    units = getattr(ct.ComputeUnit, str(cell.get("compute_units") or "all").upper())
-    in_name = conv.io_names()[0]
-    feed = {in_name: x.astype(np.float32)}
-
-    def load() -> Any:
-        return ct.models.MLModel(str(cell["artifact"]), compute_units=units)
-
-    t0 = time.perf_counter_ns()
-    ml = load()
-    cold = _ms(t0)
-    t0 = time.perf_counter_ns()
-    ml.predict(feed)
-    first = _ms(t0)
-    del ml
-    t0 = time.perf_counter_ns()
-    ml = load()
-    warm = _ms(t0)
-    samples = _timed_loop(lambda: ml.predict(feed), warmup, iterations)
-    return {"load_ms_cold": cold, "load_ms_warm": warm, "first_inference_ms": first, "samples_ms": samples}
-
-
-HOST_RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
-    "torch": _host_torch, "executorch": _host_executorch, "tflite": _host_tflite, "coreml": _host_coreml}
+def _host_runner(runtime: str) -> Callable[..., dict[str, Any]]:
+    return _host_torch if runtime == "torch" else _host_artifact
 
 
 # --------------------------------------------------------------------------------------------
@@ -242,7 +181,7 @@ def _split(values: str | Sequence[Any] | None) -> list[str]:
 
 
 def _artifact_cells(artifacts: Sequence[str | Path], runtimes: list[str]) -> list[dict[str, Any]]:
-    from converters.pipeline import read_sidecar
+    from converters import read_sidecar
 
     cells = []
     for a in artifacts:
@@ -259,9 +198,7 @@ def _artifact_cells(artifacts: Sequence[str | Path], runtimes: list[str]) -> lis
 
 def _reusable(model: str, resolution: int, runtime: str, precision: str, out: Path) -> Path | None:
     """An artifact in ``out`` built from the same random-init source with the same tool versions, if any."""
-    from converters import get_converter
-    from converters.base import tool_versions
-    from converters.pipeline import artifact_stem, read_sidecar
+    from converters import artifact_stem, get_converter, read_sidecar, tool_versions
 
     path = out / f"{artifact_stem(model, resolution, runtime, precision)}{get_converter(runtime).suffix}"
     try:
@@ -317,7 +254,7 @@ def _parse_device(device: str) -> tuple[str, str | None]:
 
 def host_environment() -> dict[str, Any]:
     """This machine: OS, CPU, cores, load, git commit and the tool versions."""
-    from converters.base import tool_versions
+    from converters import tool_versions
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -453,7 +390,7 @@ def bench(
             x = rng.random(tuple(cell["input_shape"]), dtype=np.float32)
             if kind == "host":
                 key = str(cell["artifact"] or cell["id"])
-                timing = HOST_RUNNERS[cell["runtime"]](cell, x, warmup, iterations)
+                timing = _host_runner(cell["runtime"])(cell, x, warmup, iterations)
                 timing["route"] = "host-python"
                 timing["cold_in_process"] = key not in _LOADED
                 _LOADED.add(key)
@@ -463,7 +400,7 @@ def bench(
             results[i] = _record(cell, timing, k, kind, warmup, iterations, cpu_mask)
 
     cell_records = [r for r in results if r is not None]
-    result = {"schema": "mobilevits.bench/1", "timestamp": _dt.datetime.now(_dt.UTC).isoformat(),
+    result = {"schema": "mobilevits.workflows.bench/1", "timestamp": _dt.datetime.now(_dt.UTC).isoformat(),
               "environment": host_environment(), "device": dev_ctx.get("info") if dev_ctx else {"kind": "host"},
               "settings": {"device": device, "threads": thread_list if kind != "ios" else None, "warmup": warmup,
                            "iterations": iterations, "cooldown_s": cooldown, "seed": seed, "cpu_mask": cpu_mask,
@@ -479,8 +416,7 @@ def bench(
 
 
 def _host_coreml_check() -> None:
-    from converters.base import RuntimeUnavailableError
-    from converters.pipeline import get_converter
+    from converters import RuntimeUnavailableError, get_converter
 
     ok, why = get_converter("coreml").runtime_availability()
     if not ok:

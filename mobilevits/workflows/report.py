@@ -8,8 +8,8 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from ._registry import create_model, get_model_info, list_models, num_params
-from .macs import count_macs
+from .._registry import create_model, get_model_info, list_models, num_params
+from ..macs import count_macs
 
 
 def model_table(resolution: int | None = None, pattern: str | None = None, show_progress: bool = True,

@@ -120,7 +120,7 @@ def export_app_assets(
     errors = validate_manifest(manifest)
     if errors:  # a bug here, not bad input: never write a manifest the apps cannot read
         raise RuntimeError("internal error, manifest does not follow its schema: " + "; ".join(errors))
-    from converters.base import atomic_write_text
+    from converters import atomic_write_text
 
     atomic_write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
     return {"app": app.name, "dest": str(out), "manifest": str(manifest_path), "models": entries,
@@ -135,7 +135,7 @@ def _app(to: str) -> AppTarget:
 
 
 def _plan(artifact: Path, app: AppTarget) -> tuple[Path, dict[str, Any]]:
-    from converters.pipeline import read_sidecar
+    from converters import read_sidecar
 
     if not artifact.exists():
         raise FileNotFoundError(f"artifact not found: {artifact}")
@@ -178,8 +178,8 @@ def _write_test_image(out: Path, meta: dict[str, Any], resolution: int) -> tuple
     import skimage.data
     from PIL import Image
 
-    from .base import Preprocess
-    from .data import prepare_image
+    from ..base import Preprocess
+    from ..data import prepare_image
 
     pp = meta["preprocess"]
     prep = Preprocess(resolution=resolution, crop_pct=float(pp.get("crop_pct", 0.875)),
@@ -198,7 +198,7 @@ def _write_test_image(out: Path, meta: dict[str, Any], resolution: int) -> tuple
 def expected_top1(artifact: Path, meta: dict[str, Any], pixels: np.ndarray) -> dict[str, Any]:
     """Logits of ``artifact`` on the (3, R, R) test pixels: by the host runtime when it can run the
     artifact here, else by the PyTorch source rebuilt from the sidecar (the quantised one for int8 PTQ)."""
-    from converters.pipeline import get_converter
+    from converters import get_converter
 
     pp = meta["preprocess"]
     x = pixels[None].astype(np.float32)
@@ -227,7 +227,7 @@ def expected_top1(artifact: Path, meta: dict[str, Any], pixels: np.ndarray) -> d
 def _pytorch_reference(meta: dict[str, Any], x: np.ndarray, why: str) -> tuple[np.ndarray, str]:
     import torch
 
-    from converters.pipeline import build_source, quantized_reference
+    from converters import build_source, quantized_reference
 
     src = build_source(meta["source"])
     model, what = src, "float PyTorch source"
@@ -292,7 +292,7 @@ def _merge_manifest(path: Path, app: str, entries: list[dict[str, Any]], replace
     # keep older entries whose files are still there and which follow the current schema
     kept = [e for e in old if e.get("name") not in new_names and (out / str(e.get("file", ""))).exists()
             and not _validate(e, load_schema("app_manifest")["properties"]["models"]["items"], "entry")]
-    from . import __version__
+    from .. import __version__
 
     return {"schema_version": MANIFEST_SCHEMA_VERSION, "app": app, "generated_by": f"mobilevits {__version__}",
             "created": _now(), "models": sorted(kept + entries, key=lambda e: e["name"])}
@@ -305,7 +305,7 @@ def _merge_manifest(path: Path, app: str, entries: list[dict[str, Any]], replace
 
 def _atomic_copy(src: Path, dst: Path) -> None:
     """Copy a file or an .mlpackage folder under a temporary name, then rename it into place."""
-    from converters.base import atomic_replace, remove_path
+    from converters import atomic_replace, remove_path
 
     if src.resolve() == dst.resolve():
         return
@@ -348,7 +348,7 @@ def _now() -> str:
 
 
 def load_schema(name: str) -> dict[str, Any]:
-    """``bench_result`` or ``app_manifest``: the schema file in mobilevits/schemas as a dict."""
+    """``bench_result`` or ``app_manifest``: the schema file in mobilevits/workflows/schemas as a dict."""
     path = SCHEMA_DIR / f"{name}.schema.json"
     return json.loads(path.read_text(encoding="utf-8"))
 

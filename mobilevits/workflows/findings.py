@@ -6,7 +6,7 @@ Android phone and on an iPhone. Sources and thresholds: ``docs/latency.md#findin
 
 One sweep serves every finding: the cells in :func:`plan` are built (random init with
 re-randomised norms, so no branch folds away), timed in one random order by
-:func:`mobilevits.bench.bench`, and then read by the evaluators below.
+:func:`mobilevits.workflows.bench.bench`, and then read by the evaluators below.
 """
 
 from __future__ import annotations
@@ -292,7 +292,7 @@ def findings(
     in its own random order); a cell's latency is the median of its session medians, which keeps a
     burst of load on a shared machine from deciding a finding. ``reuse`` takes artifacts already in
     ``out`` that were built from the same source with the same tool versions. Extra keyword
-    arguments go to :func:`mobilevits.bench.bench` (adb/iOS tool paths, ``cpu_mask``...).
+    arguments go to :func:`mobilevits.workflows.bench.bench` (adb/iOS tool paths, ``cpu_mask``...).
     """
     from .bench import bench, write_plot
 

@@ -31,7 +31,7 @@ class CliError(Exception):
 
 
 def _model_name(value: str) -> str:
-    from . import get_model_info
+    from .. import get_model_info
 
     try:
         get_model_info(value)
@@ -166,7 +166,7 @@ def cmd_findings(args: argparse.Namespace) -> int:
                       warmup=args.warmup, iterations=args.iterations, cooldown=args.cooldown, seed=args.seed,
                       out=args.out, reuse=not args.rebuild, plot=args.plot, repeats=args.repeats,
                       log=_logger(args.json), **extra)
-    from converters.base import atomic_write_text
+    from converters import atomic_write_text
 
     out = Path(args.out)
     atomic_write_text(out / "findings.json", json.dumps(result, indent=2, default=str))  # never half a file
@@ -315,7 +315,10 @@ def _describe_layers(c: dict[str, Any], head: int = 8, around: int = 3, tail: in
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import list_models
+    from converters import backends, precisions
+
+    from .. import list_models
+    from .bench import RUNTIMES
 
     models = ", ".join(list_models())
     p = argparse.ArgumentParser(prog="mobilevits", description="Compact vision transformers from PyTorch to phones.")
@@ -330,8 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("convert", help="convert a model and check the artifact against PyTorch",
                        description=f"Models: {models}")
     s.add_argument("model", type=_model_name, help="model name (see `mobilevits list`)")
-    s.add_argument("--to", required=True, choices=["executorch", "coreml", "tflite"], help="backend")
-    s.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8", "w8"],
+    s.add_argument("--to", required=True, choices=backends(), help="backend")
+    s.add_argument("--precision", default="fp32", choices=precisions(),
                    help="fp32, int8 (all backends); fp16, w8 (coreml only)")
     s.add_argument("--resolution", type=_positive_int, help="input side in pixels (default: the model's)")
     s.add_argument("--weights", help=".pt/.pth/.safetensors state dict (default: random init, re-randomised norms)")
@@ -381,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("qat", help="quantization-aware fine-tuning for a backend, convert, and the accuracy ledger")
     add_training_args(s, "out/qat")
-    s.add_argument("--backend", required=True, choices=["executorch", "coreml", "tflite"])
+    s.add_argument("--backend", required=True, choices=backends())
     s.add_argument("--float-epochs", type=_positive_int, help="epochs of float training when no --weights")
     s.add_argument("--no-convert", action="store_true", help="stop after QAT training and the PyTorch ledger")
     s.set_defaults(func=cmd_qat)
@@ -399,9 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("artifacts", nargs="*", metavar="ARTIFACT", help=".pte, .tflite or .mlpackage with its sidecar")
     s.add_argument("--models", help="comma list of models to build and time (see `mobilevits list`)")
     s.add_argument("--resolutions", help="comma list of input sides for --models (default: each model's)")
-    s.add_argument("--runtime", help="comma list of torch (PyTorch eager), executorch, tflite, coreml "
-                                     "(for --models; default torch)")
-    s.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8", "w8"])
+    s.add_argument("--runtime", help=f"comma list of {', '.join(RUNTIMES)} (torch: PyTorch eager; "
+                                     "for --models; default torch)")
+    s.add_argument("--precision", default="fp32", choices=precisions())
     s.add_argument("--device", default="host", help="host (default), adb[:SERIAL] or ios[:UDID]")
     s.add_argument("--threads", type=_int_list, default=[1], help="comma list of thread counts (default 1)")
     s.add_argument("--warmup", type=int, default=10, help="untimed runs per cell (default 10)")
@@ -416,9 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("findings", help="the papers' resolution-vs-speed findings, reproduced yes/no per runtime")
-    s.add_argument("--runtime", default="executorch", help="comma list of executorch, tflite, torch, coreml "
+    s.add_argument("--runtime", default="executorch", help=f"comma list of {', '.join(RUNTIMES)} "
                                                            "(default executorch)")
-    s.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8", "w8"])
+    s.add_argument("--precision", default="fp32", choices=precisions())
     s.add_argument("--device", default="host", help="host (default), adb[:SERIAL] or ios[:UDID]")
     s.add_argument("--threads", type=_positive_int, default=1, help="threads per cell (default 1, as the papers)")
     s.add_argument("--warmup", type=int, default=5, help="untimed runs per cell (default 5)")
@@ -449,9 +452,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    from converters.base import ConversionError, RuntimeUnavailableError, UnsupportedError
+    from converters import ConversionError, RuntimeUnavailableError, UnsupportedError
 
-    from .weights import WeightsError
+    from ..weights import WeightsError
 
     try:
         return func(args)

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from converters.base import RuntimeUnavailableError
+from converters import RuntimeUnavailableError
 
 REMOTE_DIR = "/data/local/tmp/mobilevits"
 APP_PACKAGE = "org.mobilevits.demo"
