@@ -13,6 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from mobilevits.base import Normalize
 from .base import (
     ConversionError,
     Converter,
+    Delegation,
     RuntimeUnavailableError,
     UnsupportedError,
     atomic_replace,
@@ -112,15 +114,20 @@ def build_source(source: dict[str, Any]) -> torch.nn.Module:
 
 
 def calibrate_and_quantize(model: torch.nn.Module, quantizer: Any, data: torch.Tensor,
-                           fold_quantize: bool = True) -> torch.nn.Module:
-    """PTQ: export, insert observers, run the calibration images, convert to a quantised graph."""
+                           fold_quantize: bool = True,
+                           program: torch.export.ExportedProgram | None = None) -> torch.nn.Module:
+    """PTQ: insert observers, run the calibration images one by one, convert to a quantised graph.
+
+    ``program``: ``model`` already exported (at batch 1; conversion passes its one export). Without it
+    the model is exported here with a dynamic batch, so the quantised graph also takes whole batches.
+    """
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     with quiet():
-        # dynamic batch, so the quantised reference also evaluates whole batches
-        batch = torch.export.Dim("batch", min=1, max=4096)
-        gm = torch.export.export(model, (data[:2],), dynamic_shapes=({0: batch},)).module()
-        prepared = prepare_pt2e(gm, quantizer)
+        if program is None:
+            batch = torch.export.Dim("batch", min=1, max=4096)
+            program = torch.export.export(model, (data[:2],), dynamic_shapes=({0: batch},))
+        prepared = prepare_pt2e(program.module(), quantizer)
         with torch.no_grad():
             for i in range(data.shape[0]):
                 prepared(data[i:i + 1])
@@ -138,179 +145,240 @@ def _calibration_data(spec: str, pp: Any, count: int) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 
 
-def convert(
-    model: str,
-    to: str,
-    precision: str = "fp32",
-    resolution: int | None = None,
-    weights: str | Path | None = None,
-    out: str | Path = "out",
-    check: bool = True,
-    data: str = "photos",
-    delegate: str = "xnnpack",
-    num_classes: int = 1000,
-    seed: int = 0,
-    calibration: str = "photos",
-    calibration_count: int = 8,
-    require_full_delegation: bool = False,
-    normalize_in_model: bool = True,
-    overrides: dict[str, Any] | None = None,
-    quantized_model: torch.nn.Module | None = None,
-    quantization_info: dict[str, Any] | None = None,
-    show_progress: bool = True,
-) -> dict[str, Any]:
+@dataclass
+class ConvertRequest:
+    """What to convert and how: the options of :func:`convert`, checked once in :func:`_plan`.
+
+    model: registered name; to: a registered backend (``executorch``, ``coreml``, ``tflite``); precision:
+    ``fp32``, ``int8`` (all), ``fp16`` and ``w8`` (Core ML); resolution: input side (the model's default if
+    None); weights: state dict to load (without: random init with re-randomised norms from ``seed``); out:
+    output folder; check: run the accuracy check after converting, on ``data`` (``photos``, ``digits`` or a
+    folder); delegate: ExecuTorch only, ``xnnpack`` or ``coreml``; calibration/calibration_count: images that
+    calibrate int8 activations (PTQ); require_full_delegation: fail when an operator stays outside the
+    delegate; quantized_model: an already quantised graph (QAT), which skips calibration, with
+    ``quantization_info`` recorded in the sidecar.
+    """
+
+    model: str
+    to: str
+    precision: str = "fp32"
+    resolution: int | None = None
+    weights: str | Path | None = None
+    out: str | Path = "out"
+    check: bool = True
+    data: str = "photos"
+    delegate: str = "xnnpack"
+    num_classes: int = 1000
+    seed: int = 0
+    calibration: str = "photos"
+    calibration_count: int = 8
+    require_full_delegation: bool = False
+    normalize_in_model: bool = True
+    overrides: dict[str, Any] = field(default_factory=dict)
+    quantized_model: torch.nn.Module | None = None
+    quantization_info: dict[str, Any] | None = None
+    show_progress: bool = True
+
+
+@dataclass
+class Conversion:
+    """The state a conversion carries from stage to stage (plan -> export -> quantise -> lower -> write -> check)."""
+
+    request: ConvertRequest
+    conv: Converter
+    info: Any  # mobilevits.ModelInfo
+    resolution: int
+    out_dir: Path
+    source: dict[str, Any]  # how to rebuild the float model: goes into the sidecar
+    model: torch.nn.Module | None = None  # the float source in this backend's deploy formulation
+    program: torch.export.ExportedProgram | None = None  # what the backend lowers
+    quantizer: Any = None
+    quantized: torch.nn.Module | None = None  # the quantised graph (PTQ or QAT): also the check's reference
+    quant_meta: dict[str, Any] | None = None
+    report: Delegation | None = None
+    artifact: Path | None = None
+    step: Callable[[str], None] = lambda stage: None
+
+    @property
+    def example(self) -> torch.Tensor:
+        return torch.zeros(1, 3, self.resolution, self.resolution)
+
+    def say(self, stage: str) -> None:
+        r = self.request
+        self.step(f"{r.model} -> {r.to} {r.precision}: {stage}")
+
+
+def convert(model: str, to: str, precision: str = "fp32", **options: Any) -> dict[str, Any]:
     """Convert a registered model for one backend and precision, then check it on this host.
 
-    Args:
-        model: registered model name.
-        to: ``executorch``, ``coreml`` or ``tflite``.
-        precision: ``fp32``, ``int8`` (all), ``fp16`` and ``w8`` (Core ML).
-        resolution: input side; the model's default if None.
-        weights: state dict to load; without it a random init with re-randomised norms (``seed``).
-        out: output folder.
-        check: run the accuracy check after converting.
-        data: data for the check (``photos``, ``digits`` or a folder).
-        delegate: ExecuTorch only: ``xnnpack`` or ``coreml``.
-        calibration: data used to calibrate int8 activations (PTQ).
-        require_full_delegation: fail when any operator stays outside the XNNPACK delegate.
-        quantized_model: an already quantised graph (from QAT); skips calibration.
-        quantization_info: what the sidecar records about ``quantized_model``'s origin.
-
-    Returns:
-        ``artifact``, ``sidecar``, ``size_bytes``, ``seconds``, ``delegation``, ``check``.
+    ``options`` are the fields of :class:`ConvertRequest` (resolution, weights, out, check, data, ...).
+    The model is exported once; int8 calibrates once, and the check compares the artifact with that same
+    quantised graph. Returns ``artifact``, ``sidecar``, ``size_bytes``, ``seconds``, ``delegation``, ``check``.
     """
     t0 = time.perf_counter()
-    conv = get_converter(to)
-    if precision not in conv.precisions:
-        raise UnsupportedError(f"{to} does not support precision {precision!r}; "
+    try:
+        request = ConvertRequest(model=model, to=to, precision=precision, **options)
+    except TypeError as e:
+        raise TypeError(f"convert(): {e}; options are the fields of ConvertRequest") from None
+    job = _plan(request)
+    for stage in (_export, _quantize, _lower, _write):
+        stage(job)
+    assert job.artifact is not None
+    result: dict[str, Any] = {"artifact": str(job.artifact), "sidecar": str(sidecar_path(job.artifact)),
+                              "size_bytes": _size(job.artifact), "seconds": None,
+                              "delegation": job.report.to_dict() if job.report else None, "check": None}
+    if request.check:
+        job.say("check")
+        result["check"] = check_artifact(job.artifact, data=request.data, show_progress=False,
+                                         quantized=job.quantized)
+    job.step("done")
+    result["seconds"] = round(time.perf_counter() - t0, 2)
+    return result
+
+
+def _plan(r: ConvertRequest) -> Conversion:
+    """Validate the request before anything is written; build the float source."""
+    conv = get_converter(r.to)
+    if r.precision not in conv.precisions:
+        raise UnsupportedError(f"{r.to} does not support precision {r.precision!r}; "
                                f"choose one of {', '.join(conv.precisions)}")
-    if to == "executorch" and delegate not in ("xnnpack", "coreml"):
-        raise UnsupportedError(f"unknown ExecuTorch delegate {delegate!r}; choose xnnpack or coreml")
-    if to != "executorch" and delegate != "xnnpack":
+    if r.to == "executorch" and r.delegate not in ("xnnpack", "coreml"):
+        raise UnsupportedError(f"unknown ExecuTorch delegate {r.delegate!r}; choose xnnpack or coreml")
+    if r.to != "executorch" and r.delegate != "xnnpack":
         raise UnsupportedError("--delegate applies to the executorch backend only")
-    if to == "executorch" and delegate == "coreml" and precision != "fp32":
+    if r.to == "executorch" and r.delegate == "coreml" and r.precision != "fp32":
         raise UnsupportedError("the ExecuTorch Core ML delegate is offered in fp32 here; use --to coreml for "
                                "fp16/int8/w8 Core ML models")
     ok, why = conv.availability()
     if not ok:
-        raise RuntimeUnavailableError(f"cannot convert to {to}: {why}")
-    info = mobilevits.get_model_info(model)
-    resolution = info.default_resolution if resolution is None else resolution
+        raise RuntimeUnavailableError(f"cannot convert to {r.to}: {why}")
+    info = mobilevits.get_model_info(r.model)
+    resolution = info.default_resolution if r.resolution is None else r.resolution
     info.check_resolution(resolution)
-    for key, value in (overrides or {}).items():
+    overrides = dict(r.overrides or {})
+    for key, value in overrides.items():
         # the sidecar must rebuild the source from JSON; a dataclass or tensor would come back a string
         try:
             json.dumps(value, allow_nan=False)
         except (TypeError, ValueError):
             raise ValueError(f"override {key}={value!r} is not a plain JSON value (number, string, bool or list), "
                              "so the sidecar could not rebuild this model; register a named variant instead") from None
-    out_dir = Path(out)
+    out_dir = Path(r.out)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise OSError(f"cannot create output folder {out_dir}: {e.strerror}") from None
     if not os.access(out_dir, os.W_OK):
         raise PermissionError(f"output folder {out_dir} is not writable; choose another with --out")
-
-    source = {"name": model, "num_classes": num_classes, "resolution": resolution, "overrides": overrides or {},
-              "weights": None, "seed": seed, "normalize_in_model": normalize_in_model}
-    if weights is not None:
+    source = {"name": r.model, "num_classes": r.num_classes, "resolution": resolution, "overrides": overrides,
+              "weights": None, "seed": r.seed, "normalize_in_model": r.normalize_in_model}
+    if r.weights is not None:
         # validates the file (clear WeightsError for corrupt / mismatched checkpoints) and hashes it
-        probe = mobilevits.create_model(model, num_classes=num_classes, resolution=resolution,
-                                        **(overrides or {}))
-        loaded = mobilevits.load_weights(probe, weights)
-        source["weights"] = {"path": str(Path(weights).resolve()), "sha256": loaded["sha256"]}
-    src = conv.prepare_model(build_source(source))
-    pp = src.preprocess
-    x = torch.zeros(1, 3, resolution, resolution)
+        probe = mobilevits.create_model(r.model, num_classes=r.num_classes, resolution=resolution, **overrides)
+        loaded = mobilevits.load_weights(probe, r.weights)
+        source["weights"] = {"path": str(Path(r.weights).resolve()), "sha256": loaded["sha256"]}
+    job = Conversion(request=r, conv=conv, info=info, resolution=resolution, out_dir=out_dir, source=source,
+                     step=_progress(["export", "quantize", "lower", "check"], r.show_progress))
+    job.model = conv.prepare_model(build_source(source))
+    return job
 
-    step = _progress(["export", "quantize", "lower", "check"], show_progress)
-    step(f"{model} -> {to} {precision}: export")
+
+def _export(job: Conversion) -> None:
+    """The one export of the float model; the backend's preflight reads it."""
+    r = job.request
+    job.say("export")
     try:
         with quiet():
-            program = torch.export.export(src, (x,))
+            job.program = torch.export.export(job.model, (job.example,))
     except Exception as e:
-        raise ConversionError(f"torch.export failed for {model} (a model problem, not a backend one): "
+        raise ConversionError(f"torch.export failed for {r.model} (a model problem, not a backend one): "
                               f"{type(e).__name__}: {str(e).splitlines()[0]}") from None
-    reasons = conv.preflight(program, precision)
+    reasons = job.conv.preflight(job.program, r.precision)
     if reasons:
-        raise UnsupportedError(f"cannot convert {model} to {to} {precision}: " + "; ".join(reasons))
+        raise UnsupportedError(f"cannot convert {r.model} to {r.to} {r.precision}: " + "; ".join(reasons))
 
-    quant_meta: dict[str, Any] | None = None
-    quantizer = conv.quantizer(precision)
-    module: torch.nn.Module = src
-    if quantized_model is not None:
-        module = quantized_model
-        program = torch.export.export(quantized_model, (x,))
-        quant_meta = dict(quantization_info or {"source": "provided"})
-    elif quantizer is not None:
-        step(f"{model} -> {to} {precision}: calibrate")
-        calib = _calibration_data(calibration, pp, calibration_count)
-        qmodel = calibrate_and_quantize(src, quantizer, calib, conv.fold_quantize)
-        module = qmodel
+
+def _quantize(job: Conversion) -> None:
+    """int8: calibrate once (PTQ) or take the QAT graph; the quantised graph becomes what is lowered."""
+    r = job.request
+    job.quantizer = job.conv.quantizer(r.precision)
+    if r.quantized_model is not None:
+        job.quantized = r.quantized_model
+        job.quant_meta = dict(r.quantization_info or {"source": "provided"})
+    elif job.quantizer is not None:
+        job.say("calibrate")
+        calib = _calibration_data(r.calibration, job.model.preprocess, r.calibration_count)
+        job.quantized = calibrate_and_quantize(job.model, job.quantizer, calib, job.conv.fold_quantize,
+                                               program=job.program)
+        job.quant_meta = {"source": "ptq", "quantizer": type(job.quantizer).__name__,
+                          "scheme": "int8 static activations, per-channel symmetric int8 weights",
+                          "calibration": {"data": r.calibration, "count": int(calib.shape[0])}}
+    elif job.conv.weight_quantization(r.precision):
+        job.quant_meta = {"source": "weight-only", "scheme": "int8 symmetric per-channel weights, fp16 compute"}
+    if job.quantized is not None:
+        # lowering takes an ExportedProgram: the quantised graph (not the model again) is exported for it
         with quiet():
-            program = torch.export.export(qmodel, (x,))
-        quant_meta = {"source": "ptq", "quantizer": type(quantizer).__name__,
-                      "scheme": "int8 static activations, per-channel symmetric int8 weights",
-                      "calibration": {"data": calibration, "count": int(calib.shape[0])}}
-    elif conv.weight_quantization(precision):
-        quant_meta = {"source": "weight-only", "scheme": "int8 symmetric per-channel weights, fp16 compute"}
+            job.program = torch.export.export(job.quantized, (job.example,))
 
-    stem = artifact_stem(model, resolution, to, precision, delegate)
-    final = out_dir / f"{stem}{conv.suffix}"
-    tmp = out_dir / f".{stem}.partial{conv.suffix}"
+
+def _lower(job: Conversion) -> None:
+    """The backend writes the artifact under a temporary name in the output folder."""
+    r = job.request
+    stem = artifact_stem(r.model, job.resolution, r.to, r.precision, r.delegate)
+    tmp = job.out_dir / f".{stem}.partial{job.conv.suffix}"
     remove_path(tmp)
-    step(f"{model} -> {to} {precision}: lower")
+    job.say("lower")
     try:
-        report = conv.lower(program, precision, tmp, quantized=quant_meta is not None and quantizer is not None
-                            or quantized_model is not None, quantizer=quantizer, delegate=delegate,
-                            module=module)
+        job.report = job.conv.lower(job.program, r.precision, tmp, quantized=job.quantized is not None,
+                                    quantizer=job.quantizer, delegate=r.delegate,
+                                    module=job.quantized if job.quantized is not None else job.model)
     except (UnsupportedError, RuntimeUnavailableError):
         remove_path(tmp)
         raise
     except Exception as e:
         remove_path(tmp)
-        raise ConversionError(f"{to} conversion of {model} ({precision}) failed in the backend: "
+        raise ConversionError(f"{r.to} conversion of {r.model} ({r.precision}) failed in the backend: "
                               f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}. "
                               "This is a converter limitation; try another precision or backend, and "
                               "report it with the model name and tool versions.") from None
-    if require_full_delegation and to != "coreml" and report.not_delegated:
+    if r.require_full_delegation and r.to != "coreml" and job.report.not_delegated:
         remove_path(tmp)
-        raise ConversionError(f"{model}: {report.not_delegated} operator(s) stay outside the delegate "
-                              f"({report.summary()}) and --require-full-delegation is set")
+        raise ConversionError(f"{r.model}: {job.report.not_delegated} operator(s) stay outside the delegate "
+                              f"({job.report.summary()}) and --require-full-delegation is set")
+    job.artifact = tmp
 
+
+def _write(job: Conversion) -> None:
+    """Rename the finished artifact into place, then write its sidecar (both atomically)."""
+    r, conv = job.request, job.conv
+    tmp = job.artifact
+    final = job.out_dir / f"{artifact_stem(r.model, job.resolution, r.to, r.precision, r.delegate)}{conv.suffix}"
+    pp = job.model.preprocess
     sidecar = {
         "format": SIDECAR_FORMAT,
         "artifact": final.name,
-        "backend": to,
-        "delegate": delegate if to == "executorch" else ("xnnpack" if to == "tflite" else "coreml"),
-        "precision": precision,
-        "source": source,
-        "model": {"name": model, "family": info.family, "config": _jsonable(getattr(_unwrap(src), "cfg", None))},
-        "input": {"name": conv.io_names()[0], "shape": [1, 3, resolution, resolution], "dtype": "float32",
+        "backend": r.to,
+        "delegate": r.delegate if r.to == "executorch" else ("xnnpack" if r.to == "tflite" else "coreml"),
+        "precision": r.precision,
+        "source": job.source,
+        "model": {"name": r.model, "family": job.info.family,
+                  "config": _jsonable(getattr(_unwrap(job.model), "cfg", None))},
+        "input": {"name": conv.io_names()[0], "shape": [1, 3, job.resolution, job.resolution], "dtype": "float32",
                   "layout": "NCHW", "color": "RGB", "range": [0.0, 1.0]},
-        "output": {"name": conv.io_names()[1], "shape": [1, num_classes], "dtype": "float32",
+        "output": {"name": conv.io_names()[1], "shape": [1, r.num_classes], "dtype": "float32",
                    "meaning": "logits (apply softmax for probabilities)"},
-        "preprocess": {**pp.to_dict(), "normalization_in_model": normalize_in_model,
+        "preprocess": {**pp.to_dict(), "normalization_in_model": r.normalize_in_model,
                        "app_steps": "resize short side to resolution/crop_pct, centre-crop resolution, "
-                                    "RGB float in [0,1]" + ("" if normalize_in_model else ", then (x-mean)/std")},
-        "quantization": quant_meta,
+                                    "RGB float in [0,1]" + ("" if r.normalize_in_model else ", then (x-mean)/std")},
+        "quantization": job.quant_meta,
         "tool_versions": tool_versions(),
-        "delegation": report.to_dict(),
+        "delegation": job.report.to_dict(),
         "check": None,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     atomic_replace(tmp, final)
     write_sidecar(final, sidecar)
-    result: dict[str, Any] = {"artifact": str(final), "sidecar": str(sidecar_path(final)),
-                              "size_bytes": _size(final), "seconds": None, "delegation": report.to_dict(),
-                              "check": None}
-    if check:
-        step(f"{model} -> {to} {precision}: check")
-        result["check"] = check_artifact(final, data=data, show_progress=False)
-    step("done")
-    result["seconds"] = round(time.perf_counter() - t0, 2)
-    return result
+    job.artifact = final
 
 
 def _unwrap(m: torch.nn.Module) -> torch.nn.Module:
@@ -390,8 +458,12 @@ def check_artifact(
     threads: int = 1,
     show_progress: bool = True,
     layers: bool = False,
+    quantized: torch.nn.Module | None = None,
 ) -> dict[str, Any]:
     """Run an artifact and its rebuilt PyTorch source on the same images and compare them.
+
+    ``quantized``: the quantised graph this int8 artifact was lowered from, when the caller holds it
+    (``convert`` does): used as the reference instead of calibrating again from the sidecar's recipe.
 
     int8 artifacts are compared with the quantised PyTorch model and judged by the int8 rule
     (``compare.int8_verdict``: SQNR >= 30 dB, or on >= 100 images a margin over the quantisation
@@ -452,7 +524,7 @@ def check_artifact(
         return result
 
     ref = ref_float
-    qref = quantized_reference(meta, src) if precision == "int8" else None
+    qref = (quantized if quantized is not None else quantized_reference(meta, src)) if precision == "int8" else None
     # the same weights without activation quantisation: how far quantisation itself moved the model
     same_weights_float = ref_float
     if qref is not None:

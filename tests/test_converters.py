@@ -24,6 +24,10 @@ TINY = sorted(n for n in mobilevits.list_models(include_tiny=True) if mobilevits
 KNOWN_LEFTOVERS = {("tflite", "sepvit"): {"FULLY_CONNECTED"}}
 
 
+def _model_class(name: str) -> str:
+    return type(mobilevits.create_model(name, num_classes=10, resolution=_res(name))).__name__
+
+
 def _res(name: str) -> int:
     return mobilevits.get_model_info(name).min_resolution
 
@@ -71,11 +75,35 @@ def test_fp32_every_family_every_path(name, to, out):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["mobilevit_tiny", "levit_tiny", "mobilenetv3_tiny", "mobile_former_tiny"])
 @pytest.mark.parametrize("to", ["executorch", "tflite"])
-def test_int8_matches_quantized_pytorch(name, to, out):
+def test_int8_matches_quantized_pytorch(name, to, out, monkeypatch):
     if name not in TINY:
         pytest.skip(f"{name} not registered")
+    import converters.pipeline as pipeline
+
+    calls = {"export": [], "calibrate": 0}
+    real_export, real_calibrate = torch.export.export, pipeline.calibrate_and_quantize
+
+    def export(module, *args, **kw):
+        calls["export"].append(type(module).__name__)
+        return real_export(module, *args, **kw)
+
+    def calibrate(*args, **kw):
+        calls["calibrate"] += 1
+        return real_calibrate(*args, **kw)
+
+    monkeypatch.setattr(torch.export, "export", export)
+    monkeypatch.setattr(pipeline, "calibrate_and_quantize", calibrate)
     r = _convert(name, to, "int8", out)
+    # the model is exported once and calibrated once, for lowering and the check together; the quantised
+    # graph is exported for lowering (the toolchains also export small pattern modules internally)
+    assert calls["calibrate"] == 1, calls
+    assert calls["export"].count("Normalize") + calls["export"].count(_model_class(name)) == 1, calls
+    assert "GraphModule" in calls["export"], calls
+    monkeypatch.undo()
     c = r["check"]
+    if name == "mobilenetv3_tiny":  # the reused graph is the one a standalone check calibrates again
+        again = check_artifact(r["artifact"], show_progress=False)
+        assert again["sqnr_db"] == pytest.approx(c["sqnr_db"], abs=1e-6)
     assert c["passed"], c
     assert c["reference"].startswith("quantised PyTorch")
     assert c["sqnr_db"] >= 30
