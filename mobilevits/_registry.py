@@ -81,6 +81,30 @@ def register_model(info: ModelInfo) -> ModelInfo:
     return info
 
 
+def register_family(family: str, model_cls: Callable[..., ImageClassifier], cfgs: dict[str, object],
+                    papers: dict[str, PaperNumbers], default_resolution: int, **info: object) -> None:
+    """Register every config of a family: ``model_cls(cfg, num_classes, resolution)`` builds each one.
+
+    A config with an entry in ``papers`` is a paper variant; one without is a reduced config for fast
+    tests (``tiny``: hidden from :func:`list_models` by default). ``info``: further ModelInfo fields
+    (``min_resolution``, ``resolution_step``, ...).
+    """
+    unknown = sorted(set(papers) - set(cfgs))
+    if unknown:
+        raise ValueError(f"{family}: paper numbers for unknown configs {', '.join(unknown)}")
+
+    def builder(cfg: object):
+        def build(num_classes: int = 1000, resolution: int = default_resolution, **overrides) -> ImageClassifier:
+            return model_cls(apply_overrides(cfg, overrides), num_classes, resolution)
+
+        return build
+
+    for name, cfg in cfgs.items():
+        register_model(ModelInfo(name=name, family=family, builder=builder(cfg),
+                                 default_resolution=default_resolution, paper=papers.get(name),
+                                 tiny=name not in papers, **info))  # type: ignore[arg-type]
+
+
 def list_models(pattern: str | None = None, include_tiny: bool = False) -> list[str]:
     """Registered model names, sorted, optionally filtered by an fnmatch pattern (``'levit*'``)."""
     names = [n for n, i in _REGISTRY.items() if include_tiny or not i.tiny]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .._registry import ModelInfo, PaperNumbers, apply_overrides, register_model
+from .._registry import PaperNumbers, register_family
 from ..base import ImageClassifier, Preprocess
 from ..layers import ConvNormAct, Dropout, InvertedResidual, make_divisible
 from ..weights import register_checkpoint_filter, rename_prefixes
@@ -48,19 +48,22 @@ class EfficientNetCfg:
 
 
 # Paper Table 1 (B0): MBConv1 k3 16; MBConv6 k3 24 x2; k5 40 x2; k3 80 x3; k5 112 x3; k5 192 x4; k3 320.
+# One Row per stage 2-8; columns: Row(kernel, exp (MBConv1/6), out channels, stride, repeats (#layers)).
 B0 = (
-    Row(3, 1, 16, 1, 1),
-    Row(3, 6, 24, 2, 2),
-    Row(5, 6, 40, 2, 2),
-    Row(3, 6, 80, 2, 3),
+    Row(3, 1, 16,  1, 1),
+    Row(3, 6, 24,  2, 2),
+    Row(5, 6, 40,  2, 2),
+    Row(3, 6, 80,  2, 3),
     Row(5, 6, 112, 1, 3),
     Row(5, 6, 192, 2, 4),
     Row(3, 6, 320, 1, 1),
 )
 
 CFGS = {
-    "efficientnet_b0": EfficientNetCfg(B0),
-    "efficientnet_tiny": EfficientNetCfg(B0, width=0.25, depth=0.25),
+    # B0 is the unscaled network of Table 1 (stem 32, head 1280).
+    "efficientnet_b0": EfficientNetCfg(rows=B0, width=1.0, depth=1.0),
+    # reduced config for the fast generic tests (not in the paper): B0 scaled by width and depth 0.25
+    "efficientnet_tiny": EfficientNetCfg(rows=B0, width=0.25, depth=0.25),
 }
 
 
@@ -140,19 +143,8 @@ def _timm_filter(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, 
 register_checkpoint_filter(FAMILY, _timm_filter)
 
 
-def _builder(cfg_name: str):
-    def build(num_classes: int = 1000, resolution: int = 224, **overrides) -> EfficientNet:
-        return EfficientNet(apply_overrides(CFGS[cfg_name], overrides), num_classes, resolution)
-
-    return build
-
-
 # Params: timm efficientnet_b0 (5,288,548; the paper's "5.3M"). MACs: paper Table 2 ("0.39B FLOPs").
 _PAPER = {
     "efficientnet_b0": PaperNumbers(5_288_548, 390, 77.1, 224, "Tan & Le 2019, Table 2", macs_tolerance=0.03),
 }
-for _name in CFGS:
-    register_model(ModelInfo(
-        name=_name, family=FAMILY, builder=_builder(_name), default_resolution=224,
-        paper=_PAPER.get(_name), tiny=_name not in _PAPER,
-    ))
+register_family(FAMILY, EfficientNet, CFGS, _PAPER, default_resolution=224)

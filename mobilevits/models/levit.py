@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._registry import ModelInfo, PaperNumbers, apply_overrides, register_model
+from .._registry import PaperNumbers, register_family
 from ..base import ImageClassifier, Preprocess
 from ..layers import ConvNormAct, Dropout, DropPath, LinearNorm, conv_out, fuse_bn_linear
 from ..weights import register_checkpoint_filter
@@ -53,12 +53,15 @@ class LeViTCfg:
 
 
 CFGS = {
-    "levit_128s": LeViTCfg((128, 256, 384), (4, 6, 8), (2, 3, 4), 16),
-    "levit_128": LeViTCfg((128, 256, 384), (4, 8, 12), (4, 4, 4), 16),
-    "levit_192": LeViTCfg((192, 288, 384), (3, 5, 6), (4, 4, 4), 32),
-    "levit_256": LeViTCfg((256, 384, 512), (4, 6, 8), (4, 4, 4), 32),
-    "levit_384": LeViTCfg((384, 512, 768), (6, 9, 12), (4, 4, 4), 32, drop_path_rate=0.1),
-    "levit_tiny": LeViTCfg((32, 48, 64), (2, 3, 4), (1, 1, 1), 8),
+    # Paper Table 2: widths C and heads N of the three stages, attention+MLP blocks per stage, key width D.
+    "levit_128s": LeViTCfg(embed_dims=(128, 256, 384), num_heads=(4, 6, 8),  depths=(2, 3, 4), key_dim=16),
+    "levit_128":  LeViTCfg(embed_dims=(128, 256, 384), num_heads=(4, 8, 12), depths=(4, 4, 4), key_dim=16),
+    "levit_192":  LeViTCfg(embed_dims=(192, 288, 384), num_heads=(3, 5, 6),  depths=(4, 4, 4), key_dim=32),
+    "levit_256":  LeViTCfg(embed_dims=(256, 384, 512), num_heads=(4, 6, 8),  depths=(4, 4, 4), key_dim=32),
+    "levit_384":  LeViTCfg(embed_dims=(384, 512, 768), num_heads=(6, 9, 12), depths=(4, 4, 4), key_dim=32,
+                           drop_path_rate=0.1),
+    # reduced config for the fast generic tests (not in the paper)
+    "levit_tiny": LeViTCfg(embed_dims=(32, 48, 64), num_heads=(2, 3, 4), depths=(1, 1, 1), key_dim=8),
 }
 
 
@@ -431,13 +434,6 @@ def _checkpoint_filter(state: dict[str, torch.Tensor], model: nn.Module) -> dict
 register_checkpoint_filter(FAMILY, _checkpoint_filter)
 
 
-def _builder(cfg_name: str):
-    def build(num_classes: int = 1000, resolution: int = 224, **overrides) -> LeViT:
-        return LeViT(apply_overrides(CFGS[cfg_name], overrides), num_classes, resolution)
-
-    return build
-
-
 # Params: the official code with both heads (= timm). MACs: paper Table 3 (the official counter,
 # which also counts softmax; ours counts convs, linears and matmuls only, ~0.2% less).
 _SRC = "Graham et al. 2021, Table 3 (params with both heads from the official code)"
@@ -449,8 +445,4 @@ _PAPER = {
                               macs_tolerance=0.01),
     "levit_384": PaperNumbers(39_128_836, 2353, 82.6, 224, _SRC, macs_tolerance=0.01),
 }
-for _name in CFGS:
-    register_model(ModelInfo(
-        name=_name, family=FAMILY, builder=_builder(_name), default_resolution=224, min_resolution=128,
-        paper=_PAPER.get(_name), tiny=_name not in _PAPER,
-    ))
+register_family(FAMILY, LeViT, CFGS, _PAPER, default_resolution=224, min_resolution=128)

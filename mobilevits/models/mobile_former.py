@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._registry import ModelInfo, PaperNumbers, apply_overrides, register_model
+from .._registry import PaperNumbers, register_family
 from ..base import ImageClassifier, Preprocess
 from ..layers import ConvNormAct, Dropout, DropPath, HardSigmoid, LayerNorm, Mlp, fuse_linear_bn
 from ..weights import register_checkpoint_filter, rename_prefixes
@@ -98,33 +98,64 @@ class MobileFormerCfg:
 
 
 # Official ``dna_blocks`` tables (docs/models.md#mobile-former-config). 52M and 26M differ only in the grouped
-# 1x1 convs.
-_B508 = (_lite(2, 24), _down(6, 40), _mf(3, 40), _down(6, 72), _mf(3, 72), _down(6, 128), _mf(4, 128),
-         _mf(6, 176), _mf(6, 176), _down(6, 240), _mf(6, 240), _mf(6, 240))
-_B294 = (_lite(2, 16), _down(6, 24), _mf(4, 24), _down(6, 48), _mf(4, 48), _down(6, 96), _mf(4, 96),
-         _mf(6, 128), _mf(6, 128), _down(6, 192), _mf(6, 192), _mf(6, 192))
-_B214 = (_lite(2, 12), _down(6, 20), _mf(3, 20), _down(6, 40), _mf(4, 40), _down(6, 80), _mf(4, 80),
-         _mf(6, 112), _mf(6, 112), _down(6, 160), _mf(6, 160), _mf(6, 160))
-_B151 = (_lite(2, 12), _down(6, 16), _mf(3, 16), _down(6, 32), _mf(3, 32), _down(6, 64), _mf(4, 64),
-         _mf(6, 88), _mf(6, 88), _down(6, 128), _mf(6, 128), _mf(6, 128))
-_B96 = (_lite(2, 12), _down(6, 16), _down(6, 32), _mf(3, 32), _down(6, 64), _mf(4, 64), _mf(6, 88),
+# 1x1 convs. One line per output stride (the stride-2 block first); columns: _lite(exp, out, stride=1),
+# _mf(exp, out), _down(exp, out, exp2=4); see BlockCfg.
+_B508 = (_lite(2, 24),
+         _down(6, 40), _mf(3, 40),
+         _down(6, 72), _mf(3, 72),
+         _down(6, 128), _mf(4, 128), _mf(6, 176), _mf(6, 176),
+         _down(6, 240), _mf(6, 240), _mf(6, 240))
+_B294 = (_lite(2, 16),
+         _down(6, 24), _mf(4, 24),
+         _down(6, 48), _mf(4, 48),
+         _down(6, 96), _mf(4, 96), _mf(6, 128), _mf(6, 128),
+         _down(6, 192), _mf(6, 192), _mf(6, 192))
+_B214 = (_lite(2, 12),
+         _down(6, 20), _mf(3, 20),
+         _down(6, 40), _mf(4, 40),
+         _down(6, 80), _mf(4, 80), _mf(6, 112), _mf(6, 112),
+         _down(6, 160), _mf(6, 160), _mf(6, 160))
+_B151 = (_lite(2, 12),
+         _down(6, 16), _mf(3, 16),
+         _down(6, 32), _mf(3, 32),
+         _down(6, 64), _mf(4, 64), _mf(6, 88), _mf(6, 88),
+         _down(6, 128), _mf(6, 128), _mf(6, 128))
+_B96 = (_lite(2, 12),
+        _down(6, 16),
+        _down(6, 32), _mf(3, 32),
+        _down(6, 64), _mf(4, 64), _mf(6, 88),
         _down(6, 128), _mf(6, 128))
-_B52 = (_lite(3, 12, stride=2), _mf(3, 12), _down(6, 24), _mf(3, 24), _down(6, 48), _mf(4, 48), _mf(6, 64),
+_B52 = (_lite(3, 12, stride=2), _mf(3, 12),
+        _down(6, 24), _mf(3, 24),
+        _down(6, 48), _mf(4, 48), _mf(6, 64),
         _down(6, 96), _mf(6, 96))
-# starts like 26M/52M (a stride-2 lite block straight into a Mobile-Former block), the pattern that
-# tripped litert-torch's int8 layout pass
-_BTINY = (_lite(2, 8, stride=2), _mf(2, 8), _down(2, 16, 2), _mf(2, 16))
+# Reduced block list for the fast generic tests (not in the paper); same columns. It starts like 26M/52M
+# (a stride-2 lite block straight into a Mobile-Former block), the pattern that tripped litert-torch's int8
+# layout pass.
+_BTINY = (_lite(2, 8, stride=2), _mf(2, 8),
+          _down(2, 16, 2), _mf(2, 16))
 
 CFGS = {
-    "mobile_former_508m": MobileFormerCfg(_B508, 24, 6, 192, 1920, drop_rate=0.3),
-    "mobile_former_294m": MobileFormerCfg(_B294, 16, 6, 192, 1920, drop_rate=0.3),
-    "mobile_former_214m": MobileFormerCfg(_B214, 12, 6, 192, 1600),
-    "mobile_former_151m": MobileFormerCfg(_B151, 12, 6, 192, 1280),
-    "mobile_former_96m": MobileFormerCfg(_B96, 12, 4, 128, 1280),
-    "mobile_former_52m": MobileFormerCfg(_B52, 8, 3, 128, 1024),
-    "mobile_former_26m": MobileFormerCfg(_B52, 8, 3, 128, 1024, groups=4, drop_rate=0.1),
-    # grouped convs and shuffles on, so the generic tests exercise them on a small graph too
-    "mobile_former_tiny": MobileFormerCfg(_BTINY, 8, 2, 16, 64, groups=2, head_exp=2),
+    # docs/models.md#mobile-former-config (official code and README): stem width, M tokens of width d, head FC
+    # width, groups of the 1x1 convs, classifier dropout.
+    "mobile_former_508m": MobileFormerCfg(
+        blocks=_B508, stem=24, num_tokens=6, token_dim=192, num_features=1920, groups=1, drop_rate=0.3),
+    "mobile_former_294m": MobileFormerCfg(
+        blocks=_B294, stem=16, num_tokens=6, token_dim=192, num_features=1920, groups=1, drop_rate=0.3),
+    "mobile_former_214m": MobileFormerCfg(
+        blocks=_B214, stem=12, num_tokens=6, token_dim=192, num_features=1600, groups=1, drop_rate=0.2),
+    "mobile_former_151m": MobileFormerCfg(
+        blocks=_B151, stem=12, num_tokens=6, token_dim=192, num_features=1280, groups=1, drop_rate=0.2),
+    "mobile_former_96m": MobileFormerCfg(
+        blocks=_B96,  stem=12, num_tokens=4, token_dim=128, num_features=1280, groups=1, drop_rate=0.2),
+    "mobile_former_52m": MobileFormerCfg(
+        blocks=_B52,  stem=8,  num_tokens=3, token_dim=128, num_features=1024, groups=1, drop_rate=0.2),
+    "mobile_former_26m": MobileFormerCfg(
+        blocks=_B52,  stem=8,  num_tokens=3, token_dim=128, num_features=1024, groups=4, drop_rate=0.1),
+    # reduced config for the fast generic tests (not in the paper): grouped convs and shuffles on, so the
+    # generic tests exercise them on a small graph too
+    "mobile_former_tiny": MobileFormerCfg(
+        blocks=_BTINY, stem=8, num_tokens=2, token_dim=16, num_features=64, groups=2, head_exp=2),
 }
 
 
@@ -556,13 +587,6 @@ def _official_filter(state: dict[str, torch.Tensor], model: nn.Module) -> dict[s
 register_checkpoint_filter(FAMILY, _official_filter)
 
 
-def _builder(cfg_name: str):
-    def build(num_classes: int = 1000, resolution: int = 224, **overrides) -> MobileFormer:
-        return MobileFormer(apply_overrides(CFGS[cfg_name], overrides), num_classes, resolution)
-
-    return build
-
-
 # The README's MAdds also count BatchNorm, two ops (scale, shift) per output element as fvcore does, so
 # these entries set macs_counts_norms: count_macs(count_norms=True) gives 510.4 / 295.2 / 215.0 / 151.8 /
 # 96.2 / 51.7 / 26.0 M (within 0.6%). Without norms (our default convention, BN folds away when deployed)
@@ -577,8 +601,4 @@ _PAPER = {  # params exact (official code), MAdds (M) at 224 incl. BatchNorm, to
     "mobile_former_52m": PaperNumbers(3_469_092, 52, 68.7, 224, _SRC, macs_counts_norms=True),
     "mobile_former_26m": PaperNumbers(3_232_788, 26, 64.0, 224, _SRC, macs_counts_norms=True),
 }
-for _name in CFGS:
-    register_model(ModelInfo(
-        name=_name, family=FAMILY, builder=_builder(_name), default_resolution=224,
-        paper=_PAPER.get(_name), tiny=_name not in _PAPER,
-    ))
+register_family(FAMILY, MobileFormer, CFGS, _PAPER, default_resolution=224)

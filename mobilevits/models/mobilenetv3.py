@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .._registry import ModelInfo, PaperNumbers, apply_overrides, register_model
+from .._registry import PaperNumbers, register_family
 from ..base import ImageClassifier, Preprocess
 from ..layers import ConvNormAct, Dropout, InvertedResidual, make_divisible
 from ..weights import register_checkpoint_filter, rename_prefixes
@@ -48,34 +48,44 @@ class MobileNetV3Cfg:
 
 
 # Paper Table 1 (Large): exp column / input channels gives the ratios 1, 4, 3, 3, 6, 2.5, 2.3, 6, 6.
+# One inner tuple per stage; columns: Row(kernel, exp_ratio, out, se, act (NL), stride, repeats).
 LARGE = (
-    (Row(3, 1, 16, False, "relu"),),
-    (Row(3, 4, 24, False, "relu", 2), Row(3, 3, 24, False, "relu")),
-    (Row(5, 3, 40, True, "relu", 2, repeats=3),),
-    (Row(3, 6, 80, False, "hswish", 2), Row(3, 2.5, 80, False, "hswish"),
-     Row(3, 2.3, 80, False, "hswish", repeats=2)),
-    (Row(3, 6, 112, True, "hswish", repeats=2),),
-    (Row(5, 6, 160, True, "hswish", 2, repeats=3),),
+    (Row(3, 1,   16,  False, "relu",   1, 1),),
+    (Row(3, 4,   24,  False, "relu",   2, 1),
+     Row(3, 3,   24,  False, "relu",   1, 1)),
+    (Row(5, 3,   40,  True,  "relu",   2, 3),),
+    (Row(3, 6,   80,  False, "hswish", 2, 1),
+     Row(3, 2.5, 80,  False, "hswish", 1, 1),
+     Row(3, 2.3, 80,  False, "hswish", 1, 2)),
+    (Row(3, 6,   112, True,  "hswish", 1, 2),),
+    (Row(5, 6,   160, True,  "hswish", 2, 3),),
 )
 # Paper Table 2 (Small): 16, 72/16, 88/24, 96/24, 240/40, 120/40, 144/48, 288/48, 576/96.
+# One inner tuple per stage; columns: Row(kernel, exp_ratio, out, se, act (NL), stride, repeats).
 SMALL = (
-    (Row(3, 1, 16, True, "relu", 2),),
-    (Row(3, 4.5, 24, False, "relu", 2), Row(3, 3.67, 24, False, "relu")),
-    (Row(5, 4, 40, True, "hswish", 2), Row(5, 6, 40, True, "hswish", repeats=2)),
-    (Row(5, 3, 48, True, "hswish", repeats=2),),
-    (Row(5, 6, 96, True, "hswish", 2, repeats=3),),
+    (Row(3, 1,    16, True,  "relu",   2, 1),),
+    (Row(3, 4.5,  24, False, "relu",   2, 1),
+     Row(3, 3.67, 24, False, "relu",   1, 1)),
+    (Row(5, 4,    40, True,  "hswish", 2, 1),
+     Row(5, 6,    40, True,  "hswish", 1, 2)),
+    (Row(5, 3,    48, True,  "hswish", 1, 2),),
+    (Row(5, 6,    96, True,  "hswish", 2, 3),),
 )
+# Reduced stages for the fast generic tests (not in the paper); same columns as above.
 TINY = (
-    (Row(3, 1, 8, True, "relu", 2),),
-    (Row(3, 3, 16, False, "hswish", 2), Row(3, 3, 16, True, "hswish")),
+    (Row(3, 1, 8,  True,  "relu",   2, 1),),
+    (Row(3, 3, 16, False, "hswish", 2, 1),
+     Row(3, 3, 16, True,  "hswish", 1, 1)),
 )
 
 CFGS = {
-    "mobilenetv3_large_100": MobileNetV3Cfg(LARGE, last_conv=960, head=1280),
-    "mobilenetv3_large_075": MobileNetV3Cfg(LARGE, last_conv=960, head=1280, width=0.75),
-    "mobilenetv3_small_100": MobileNetV3Cfg(SMALL, last_conv=576, head=1024),
-    "mobilenetv3_small_075": MobileNetV3Cfg(SMALL, last_conv=576, head=1024, width=0.75),
-    "mobilenetv3_tiny": MobileNetV3Cfg(TINY, last_conv=64, head=128, stem=8),
+    # Paper Tables 1 and 2 (last_conv: the 1x1 conv before pooling; head: the pooled 1x1 conv, not scaled).
+    "mobilenetv3_large_100": MobileNetV3Cfg(stages=LARGE, last_conv=960, head=1280, width=1.0),
+    "mobilenetv3_large_075": MobileNetV3Cfg(stages=LARGE, last_conv=960, head=1280, width=0.75),
+    "mobilenetv3_small_100": MobileNetV3Cfg(stages=SMALL, last_conv=576, head=1024, width=1.0),
+    "mobilenetv3_small_075": MobileNetV3Cfg(stages=SMALL, last_conv=576, head=1024, width=0.75),
+    # reduced config for the fast generic tests (not in the paper)
+    "mobilenetv3_tiny": MobileNetV3Cfg(stages=TINY, last_conv=64, head=128, stem=8),
 }
 
 
@@ -164,23 +174,11 @@ def _timm_filter(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, 
 register_checkpoint_filter(FAMILY, _timm_filter)
 
 
-def _builder(cfg_name: str):
-    def build(num_classes: int = 1000, resolution: int = 224, **overrides) -> MobileNetV3:
-        return MobileNetV3(apply_overrides(CFGS[cfg_name], overrides), num_classes, resolution)
-
-    return build
-
-
+_SRC = "Howard et al. 2019, Table 3"
 _PAPER = {  # paper Table 3 (final version): params, MAdds (M), top-1
-    "mobilenetv3_large_100": (5_483_032, 219, 75.2),
-    "mobilenetv3_large_075": (3_993_528, 155, 73.3),
-    "mobilenetv3_small_100": (2_542_856, 56, 67.4),
-    "mobilenetv3_small_075": (2_041_872, 44, 65.4),
+    "mobilenetv3_large_100": PaperNumbers(5_483_032, 219, 75.2, 224, _SRC),
+    "mobilenetv3_large_075": PaperNumbers(3_993_528, 155, 73.3, 224, _SRC),
+    "mobilenetv3_small_100": PaperNumbers(2_542_856, 56, 67.4, 224, _SRC),
+    "mobilenetv3_small_075": PaperNumbers(2_041_872, 44, 65.4, 224, _SRC),
 }
-for _name in CFGS:
-    _p = _PAPER.get(_name)
-    register_model(ModelInfo(
-        name=_name, family=FAMILY, builder=_builder(_name), default_resolution=224,
-        paper=PaperNumbers(_p[0], _p[1], _p[2], 224, "Howard et al. 2019, Table 3") if _p else None,
-        tiny=_p is None,
-    ))
+register_family(FAMILY, MobileNetV3, CFGS, _PAPER, default_resolution=224)

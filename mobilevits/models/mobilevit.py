@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._registry import ModelInfo, PaperNumbers, apply_overrides, register_model
+from .._registry import PaperNumbers, register_family
 from ..base import ImageClassifier, Preprocess
 from ..layers import (
     Attention,
@@ -52,11 +52,14 @@ class MobileViTCfg:
 
 
 CFGS = {
-    "mobilevit_xxs": MobileViTCfg((16, 24, 48, 64, 80), (64, 80, 96), 320, exp=2.0),
-    "mobilevit_xs": MobileViTCfg((32, 48, 64, 80, 96), (96, 120, 144), 384),
-    "mobilevit_s": MobileViTCfg((32, 64, 96, 128, 160), (144, 192, 240), 640),
-    "mobilevit_tiny": MobileViTCfg((8, 16, 16, 24, 32), (16, 24, 32), 64, exp=2.0, depths=(1, 1, 1),
-                                   stage2_blocks=1, stem=8),
+    # Paper Appendix A, Table 4: output channels C of the five stages, transformer width d of the three
+    # MobileViT blocks, the final 1x1 conv and the MV2 expansion factor.
+    "mobilevit_xxs": MobileViTCfg(channels=(16, 24, 48, 64, 80),   dims=(64, 80, 96),    num_features=320, exp=2.0),
+    "mobilevit_xs":  MobileViTCfg(channels=(32, 48, 64, 80, 96),   dims=(96, 120, 144),  num_features=384, exp=4.0),
+    "mobilevit_s":   MobileViTCfg(channels=(32, 64, 96, 128, 160), dims=(144, 192, 240), num_features=640, exp=4.0),
+    # reduced config for the fast generic tests (not in the paper)
+    "mobilevit_tiny": MobileViTCfg(channels=(8, 16, 16, 24, 32), dims=(16, 24, 32), num_features=64, exp=2.0,
+                                   depths=(1, 1, 1), stage2_blocks=1, stem=8),
 }
 
 
@@ -186,13 +189,6 @@ def _timm_filter(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, 
 register_checkpoint_filter(FAMILY, _timm_filter)
 
 
-def _builder(cfg_name: str):
-    def build(num_classes: int = 1000, resolution: int = 256, **overrides) -> MobileViT:
-        return MobileViT(apply_overrides(CFGS[cfg_name], overrides), num_classes, resolution)
-
-    return build
-
-
 # MACs: the torch flop counter on timm's port of the official code with explicit attention,
 # which equals ours. docs/models.md#mobilevit lists 340/935/1856 M from fvcore with
 # F.scaled_dot_product_attention, which neither counter sees: those omit the attention matmuls.
@@ -202,8 +198,4 @@ _PAPER = {  # params (official code), MACs in M at 256, top-1 (paper)
     "mobilevit_xs": PaperNumbers(2_317_848, 1025.9, 74.8, 256, _SRC),
     "mobilevit_s": PaperNumbers(5_578_632, 2000.8, 78.4, 256, _SRC),
 }
-for _name in CFGS:
-    register_model(ModelInfo(
-        name=_name, family=FAMILY, builder=_builder(_name), default_resolution=256,
-        paper=_PAPER.get(_name), tiny=_name not in _PAPER,
-    ))
+register_family(FAMILY, MobileViT, CFGS, _PAPER, default_resolution=256)

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._registry import ModelInfo, PaperNumbers, apply_overrides, register_model
+from .._registry import PaperNumbers, register_family
 from ..base import ImageClassifier, Preprocess
 from ..layers import Dropout, DropPath, LayerNorm, Mlp, split_qkv
 from ..weights import WeightsError, register_checkpoint_filter, rename_prefixes
@@ -65,10 +65,13 @@ class SepViTCfg:
 
 
 CFGS = {
-    "sepvit_lite": SepViTCfg(),
-    # Small and fast for the generic tests; at their minimum input (96) it has padded multi-window
-    # blocks, a padded single-window block (stage 2, ws 14) and global blocks.
-    "sepvit_tiny": SepViTCfg(dims=(16, 16, 32, 32), num_heads=(1, 1, 2, 2), depths=(1, 2, 2, 1),
+    # SepViT_Lite of the official code (liwei109/SepViT; the paper's lite table was not available): widths,
+    # heads and blocks of the four stages, and each block's window size (14: 2x2 grouped 7x7 windows).
+    "sepvit_lite": SepViTCfg(dims=(32, 64, 128, 256), num_heads=(1, 2, 4, 8), depths=(1, 2, 6, 2),
+                             window_sizes=((7,), (7, 14), (7, 14, 7, 14, 7, 14), (7, 7))),
+    # Reduced config for the fast generic tests (not in the paper). At their minimum input (96) it has
+    # padded multi-window blocks, a padded single-window block (stage 2, ws 14) and global blocks.
+    "sepvit_tiny": SepViTCfg(dims=(16, 16, 32, 32),   num_heads=(1, 1, 2, 2), depths=(1, 2, 2, 1),
                              window_sizes=((7,), (7, 14), (7, 14), (7,))),
 }
 
@@ -400,13 +403,6 @@ def _checkpoint_filter(state: dict[str, torch.Tensor], model: nn.Module) -> dict
 register_checkpoint_filter(FAMILY, _checkpoint_filter)
 
 
-def _builder(cfg_name: str):
-    def build(num_classes: int = 1000, resolution: int = 224, **overrides) -> SepViT:
-        return SepViT(apply_overrides(CFGS[cfg_name], overrides), num_classes, resolution)
-
-    return build
-
-
 # Params and MACs are our measurements of the official code (docs/models.md#sepvit-lite); the paper's lite
 # table was not available. MACs: 568 M is the torch flop counter on the official code, i.e. the same
 # counter as mobilevits.count_macs and the same convention (convs, linears, matmuls only); we count
@@ -416,8 +412,4 @@ _PAPER = {
     "sepvit_lite": PaperNumbers(3_661_128, 568.0, 72.3, 224,
                                 "Li et al. 2022 (top-1); params/MACs measured on liwei109/SepViT SepViT_Lite"),
 }
-for _name in CFGS:
-    register_model(ModelInfo(
-        name=_name, family=FAMILY, builder=_builder(_name), default_resolution=224,
-        paper=_PAPER.get(_name), tiny=_name not in _PAPER,
-    ))
+register_family(FAMILY, SepViT, CFGS, _PAPER, default_resolution=224)
