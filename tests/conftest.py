@@ -17,3 +17,35 @@ def digits_weights(tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("digits_weights")
     r = train("mobilevit_tiny", resolution=96, epochs=5, out=out, show_progress=False, log=lambda s: None)
     return r["weights"]
+
+
+@pytest.fixture(scope="session")
+def artifact(tmp_path_factory):
+    """Session-wide artifact factory: ``artifact(model, to, precision, resolution=None, check=False, **kw)``
+    converts each (model, backend, precision, resolution, options) once per test run (per xdist worker)
+    and returns ``convert``'s result; ``check=True`` adds the host check (run once, then kept).
+
+    Every test that only reads an artifact shares it; a test that breaks or rewrites one copies it first
+    (or converts its own into ``tmp_path``). Tiny configs at their smallest resolution by default.
+    """
+    import mobilevits
+    from converters import check_artifact, convert
+
+    out = tmp_path_factory.mktemp("artifacts")
+    cache: dict[tuple, dict] = {}
+
+    def get(model: str, to: str, precision: str = "fp32", resolution: int | None = None, check: bool = False,
+            **options) -> dict:
+        resolution = resolution or mobilevits.get_model_info(model).min_resolution
+        options.setdefault("num_classes", 10)
+        key = (model, to, precision, resolution, tuple(sorted((k, repr(v)) for k, v in options.items())))
+        if key not in cache:
+            folder = out / f"a{len(cache)}"  # options may change the artifact but not its file name
+            cache[key] = convert(model, to=to, precision=precision, resolution=resolution, out=folder,
+                                 check=check, show_progress=False, **options)
+        result = cache[key]
+        if check and result["check"] is None:
+            result["check"] = check_artifact(result["artifact"], show_progress=False)
+        return result
+
+    return get

@@ -42,20 +42,13 @@ RES = 96
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory) -> dict[str, Path]:
-    """A tiny model converted for each backend whose toolchain is installed (once per module)."""
-    from converters import convert, get_converter
+@pytest.fixture
+def artifacts(artifact) -> dict[str, Path]:
+    """A tiny model converted for each backend whose toolchain is installed (shared by the session)."""
+    from converters import get_converter
 
-    out = tmp_path_factory.mktemp("app_artifacts")
-    arts: dict[str, Path] = {}
-    for backend in ("tflite", "executorch", "coreml"):
-        ok, _ = get_converter(backend).availability()
-        if ok:
-            r = convert("mobilenetv3_tiny", to=backend, resolution=RES, out=out, num_classes=10, check=False,
-                        show_progress=False)
-            arts[backend] = Path(r["artifact"])
-    return arts
+    return {backend: Path(artifact("mobilenetv3_tiny", backend, resolution=RES)["artifact"])
+            for backend in ("tflite", "executorch", "coreml") if get_converter(backend).availability()[0]}
 
 
 def _need(artifacts: dict[str, Path], *backends: str) -> list[Path]:

@@ -32,11 +32,6 @@ def _res(name: str) -> int:
     return mobilevits.get_model_info(name).min_resolution
 
 
-@pytest.fixture(scope="module")
-def out(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("artifacts")
-
-
 def _convert(name: str, to: str, precision: str, out: Path, **kw):
     return convert(name, to=to, precision=precision, resolution=_res(name), out=out, num_classes=10,
                    show_progress=False, **kw)
@@ -45,8 +40,8 @@ def _convert(name: str, to: str, precision: str, out: Path, **kw):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", TINY)
 @pytest.mark.parametrize("to", ["executorch", "tflite", "coreml"])
-def test_fp32_every_family_every_path(name, to, out):
-    r = _convert(name, to, "fp32", out)
+def test_fp32_every_family_every_path(name, to, artifact):
+    r = artifact(name, to, "fp32", check=True)
     art = Path(r["artifact"])
     assert art.exists() and art.name == f"{name}_{_res(name)}_{to}_fp32{get_converter(to).suffix}"
     assert r["size_bytes"] > 0
@@ -75,35 +70,11 @@ def test_fp32_every_family_every_path(name, to, out):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["mobilevit_tiny", "levit_tiny", "mobilenetv3_tiny", "mobile_former_tiny"])
 @pytest.mark.parametrize("to", ["executorch", "tflite"])
-def test_int8_matches_quantized_pytorch(name, to, out, monkeypatch):
+def test_int8_matches_quantized_pytorch(name, to, artifact):
     if name not in TINY:
         pytest.skip(f"{name} not registered")
-    import converters.pipeline as pipeline
-
-    calls = {"export": [], "calibrate": 0}
-    real_export, real_calibrate = torch.export.export, pipeline.calibrate_and_quantize
-
-    def export(module, *args, **kw):
-        calls["export"].append(type(module).__name__)
-        return real_export(module, *args, **kw)
-
-    def calibrate(*args, **kw):
-        calls["calibrate"] += 1
-        return real_calibrate(*args, **kw)
-
-    monkeypatch.setattr(torch.export, "export", export)
-    monkeypatch.setattr(pipeline, "calibrate_and_quantize", calibrate)
-    r = _convert(name, to, "int8", out)
-    # the model is exported once and calibrated once, for lowering and the check together; the quantised
-    # graph is exported for lowering (the toolchains also export small pattern modules internally)
-    assert calls["calibrate"] == 1, calls
-    assert calls["export"].count("Normalize") + calls["export"].count(_model_class(name)) == 1, calls
-    assert "GraphModule" in calls["export"], calls
-    monkeypatch.undo()
+    r = artifact(name, to, "int8", check=True)
     c = r["check"]
-    if name == "mobilenetv3_tiny":  # the reused graph is the one a standalone check calibrates again
-        again = check_artifact(r["artifact"], show_progress=False)
-        assert again["sqnr_db"] == pytest.approx(c["sqnr_db"], abs=1e-6)
     assert c["passed"], c
     assert c["reference"].startswith("quantised PyTorch")
     assert c["sqnr_db"] >= 30
@@ -119,9 +90,38 @@ def test_int8_matches_quantized_pytorch(name, to, out, monkeypatch):
 
 
 @pytest.mark.slow
+def test_int8_conversion_exports_once_and_calibrates_once(tmp_path, monkeypatch):
+    import converters.pipeline as pipeline
+
+    calls = {"export": [], "calibrate": 0}
+    real_export, real_calibrate = torch.export.export, pipeline.calibrate_and_quantize
+
+    def export(module, *args, **kw):
+        calls["export"].append(type(module).__name__)
+        return real_export(module, *args, **kw)
+
+    def calibrate(*args, **kw):
+        calls["calibrate"] += 1
+        return real_calibrate(*args, **kw)
+
+    monkeypatch.setattr(torch.export, "export", export)
+    monkeypatch.setattr(pipeline, "calibrate_and_quantize", calibrate)
+    r = _convert("mobilenetv3_tiny", "tflite", "int8", tmp_path)
+    # the model is exported once and calibrated once, for lowering and the check together; the quantised
+    # graph is exported for lowering (the toolchains also export small pattern modules internally)
+    assert calls["calibrate"] == 1, calls
+    assert calls["export"].count("Normalize") + calls["export"].count(_model_class("mobilenetv3_tiny")) == 1, calls
+    assert "GraphModule" in calls["export"], calls
+    monkeypatch.undo()
+    # the reused graph is the one a standalone check calibrates again from the sidecar's recipe
+    again = check_artifact(r["artifact"], show_progress=False)
+    assert again["sqnr_db"] == pytest.approx(r["check"]["sqnr_db"], abs=1e-6)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp16", "int8", "w8"])
-def test_coreml_precisions(precision, out):
-    r = _convert("mobilenetv3_tiny", "coreml", precision, out)
+def test_coreml_precisions(precision, artifact):
+    r = artifact("mobilenetv3_tiny", "coreml", precision, check=True)
     assert r["check"]["passed"], r["check"]
     assert r["check"]["sqnr_db"] >= {"fp16": 35, "int8": 30, "w8": 30}[precision]
     hist = r["delegation"]["delegated_ops"]
@@ -133,10 +133,8 @@ def test_coreml_precisions(precision, out):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("to", ["tflite", "executorch"])
-def test_check_layers_of_an_int8_model(to, out):
-    art = out / f"mobilevit_tiny_{_res('mobilevit_tiny')}_{to}_int8{get_converter(to).suffix}"
-    if not art.exists():  # made by test_int8_matches_quantized_pytorch when the whole file runs
-        art = Path(_convert("mobilevit_tiny", to, "int8", out, check=False)["artifact"])
+def test_check_layers_of_an_int8_model(to, artifact):
+    art = Path(artifact("mobilevit_tiny", to, "int8")["artifact"])
     c = check_artifact(art, limit=2, show_progress=False, layers=True)
     assert c["layers_tolerance_lsb"] == 1 and c["layers_unmatched"] == []
     segments = [op for r in c["layers"] for op in r["segment"]]
@@ -147,8 +145,8 @@ def test_check_layers_of_an_int8_model(to, out):
     assert "layers" not in read_sidecar(art)["check"]  # the per-op table stays out of the sidecar
 
 
-def test_check_reports_accuracy_on_labelled_data(out):
-    r = _convert("mobilenetv3_tiny", "tflite", "fp32", out, check=False)
+def test_check_reports_accuracy_on_labelled_data(artifact):
+    r = artifact("mobilenetv3_tiny", "tflite", "fp32")
     c = check_artifact(r["artifact"], data="digits", limit=20, show_progress=False)
     assert set(c["accuracy"]) == {"pytorch_float", "artifact"}
     assert c["accuracy"]["artifact"] == c["accuracy"]["pytorch_float"]

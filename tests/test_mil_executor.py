@@ -570,20 +570,10 @@ def test_compare_layers_names_the_first_divergence():
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def packages(tmp_path_factory) -> Callable[[str, str], dict[str, Any]]:
-    """Convert (once per module) a tiny model to Core ML at its smallest resolution, without the check."""
-    out = tmp_path_factory.mktemp("mil")
-    cache: dict[tuple[str, str], dict[str, Any]] = {}
-
-    def get(name: str, precision: str) -> dict[str, Any]:
-        if (name, precision) not in cache:
-            cache[name, precision] = convert(name, to="coreml", precision=precision, num_classes=10,
-                                             resolution=mobilevits.get_model_info(name).min_resolution, out=out,
-                                             show_progress=False, check=False)
-        return cache[name, precision]
-
-    return get
+@pytest.fixture
+def packages(artifact) -> Callable[[str, str], dict[str, Any]]:
+    """A tiny model as a Core ML package at its smallest resolution (the session's shared artifacts)."""
+    return lambda name, precision: artifact(name, "coreml", precision)
 
 
 @pytest.mark.slow
