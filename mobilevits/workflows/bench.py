@@ -353,8 +353,8 @@ def bench(
 
     # fail early on what cannot run here: the device, then the tools, then the artifacts
     dev_ctx = _open_device(kind, ident, xctestrun, app)
-    if kind == "host" and "coreml" in runtimes:
-        _host_coreml_check()
+    if kind == "host":
+        _host_runtimes_check(runtimes)
     base_cells = _artifact_cells(artifacts or [], [])
     if kind == "adb":
         bad_art = [c["artifact"].name for c in base_cells if c["runtime"] not in ("executorch", "tflite")]
@@ -363,8 +363,8 @@ def bench(
         if not app:
             _resolve_adb_tools(dev_ctx, set(runtimes) | {c["runtime"] for c in base_cells}, executor_runner,
                                benchmark_model)
-    if kind == "host" and any(c["runtime"] == "coreml" for c in base_cells):
-        _host_coreml_check()
+    if kind == "host":
+        _host_runtimes_check([c["runtime"] for c in base_cells])
     base_cells += _model_cells(pair_list, runtimes, precision, out, log, reuse)
     cells = []
     for c in base_cells:
@@ -415,12 +415,14 @@ def bench(
     return result
 
 
-def _host_coreml_check() -> None:
+def _host_runtimes_check(runtimes: Sequence[str]) -> None:
+    """Fail before any conversion when a runtime cannot time artifacts on this host (Core ML off macOS)."""
     from converters import RuntimeUnavailableError, get_converter
 
-    ok, why = get_converter("coreml").runtime_availability()
-    if not ok:
-        raise RuntimeUnavailableError(f"Core ML timing needs macOS: {why}")
+    for rt in dict.fromkeys(r for r in runtimes if r != "torch"):
+        ok, why = get_converter(rt).runtime_availability()
+        if not ok:
+            raise RuntimeUnavailableError(f"{rt} cannot time artifacts on this host: {why}")
 
 
 def _record(cell: dict[str, Any], timing: dict[str, Any], k: int, kind: str, warmup: int, iterations: int,
