@@ -27,8 +27,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -p no:randomly -n 2 tests
 
-test-random: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 tests
+test-random: $(STAMP)  # not -q: the header names the seed (replay with -p randomly --randomly-seed=N)
+	$(BIN)/python -m pytest -p no:cacheprovider -n 2 tests
 
 coverage: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -p no:randomly -n 2 --cov=mobilevits --cov=converters \

@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
+import random
+
+import numpy as np
 import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _seeded() -> None:
+    """Every test starts from the same random state, whatever ran before it on its xdist worker (the
+    order differs from run to run) or in which order pytest-randomly put it."""
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
 
 
 @pytest.fixture(scope="session")

@@ -29,6 +29,9 @@ def _randomize(module: torch.nn.Module, seed: int = 0, scale: float = 0.5) -> to
 
 
 def test_dynamic_relu_is_max_of_two_token0_slopes():
+    # its own seed: with saturating weights some draws leave every slope clamped, so a shifted token 0
+    # would not move the output (pytest-randomly's order and seed found one)
+    torch.manual_seed(0)
     C, d = 6, 16
     act = _randomize(DynamicReLU(C, d), scale=2.0).double()  # large weights: the hard sigmoid saturates too
     z = torch.randn(3, 4, d, dtype=torch.float64) * 3
