@@ -32,7 +32,9 @@ class UnsupportedError(ValueError):
 
 
 class RuntimeUnavailableError(RuntimeError):
-    """The host runtime or converter package this step needs is missing or cannot run here."""
+    """The host runtime, compiler or converter package this step needs is missing or cannot run here."""
+
+    code = 2  # the CLI's exit code: a missing tool is bad input to fix, not a failed check
 
 
 @dataclass

@@ -12,7 +12,7 @@ from typing import TypeVar
 
 from torch import nn
 
-from .base import ImageClassifier, Preprocess
+from .base import ImageClassifier
 
 
 @dataclass(frozen=True)
@@ -159,13 +159,6 @@ def create_model(
 
         load_weights(model, weights)
     return model
-
-
-def model_preprocess(name: str, resolution: int | None = None) -> Preprocess:
-    """The preprocessing a model declares, without building it."""
-    model = create_model(name, resolution=resolution)
-    assert model.preprocess is not None
-    return model.preprocess
 
 
 def num_params(model: nn.Module) -> int:

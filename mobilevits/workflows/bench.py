@@ -31,7 +31,10 @@ from converters import backends
 
 from .app_assets import compute_stats
 
-RUNTIMES = ("torch", *backends())  # PyTorch eager, then every registered converter's runtime
+# PyTorch eager, every registered converter's runtime (Python bindings), and runtimes that run one
+# backend's artifacts another way: the native ExecuTorch runner (C++, mobilevits.workflows.native)
+NATIVE = {"executorch-native": "executorch"}
+RUNTIMES = ("torch", *backends(), *NATIVE)
 CSV_FIELDS = ("order", "id", "model", "resolution", "runtime", "delegate", "precision", "threads", "device", "route",
               "warmup", "iterations", "load_ms_cold", "load_ms_warm", "first_inference_ms", "median_ms", "p10_ms",
               "p90_ms", "trimmed_mean_ms", "mean_ms", "std_ms", "min_ms", "max_ms", "cv", "artifact")
@@ -153,8 +156,21 @@ def _host_artifact(cell: dict[str, Any], x: np.ndarray, warmup: int, iterations:
             "runtime_version": session.runtime_version}
 
 
+def _host_native(cell: dict[str, Any], x: np.ndarray, warmup: int, iterations: int) -> dict[str, Any]:
+    """Time a .pte with the native runner: load, first inference, warm-up and the timed runs happen in
+    the runner's own process (no Python in the loop); the warm load is a second runner process."""
+    from .native import build_runner, run_native
+
+    bundle = build_runner()
+    r = run_native(bundle, cell["artifact"], x, threads=int(cell["threads"]), warmup=warmup, iterations=iterations)
+    again = run_native(bundle, cell["artifact"], x, threads=int(cell["threads"]), warmup=0, iterations=1)
+    return {"load_ms_cold": r["load_ms"], "load_ms_warm": again["load_ms"],
+            "first_inference_ms": r["first_inference_ms"], "samples_ms": r["samples_ms"],
+            "runtime_version": f"executorch native runner (g++ {r['compiler']})", "actual_threads": r["threads"]}
+
+
 def _host_runner(runtime: str) -> Callable[..., dict[str, Any]]:
-    return _host_torch if runtime == "torch" else _host_artifact
+    return {"torch": _host_torch, "executorch-native": _host_native}.get(runtime, _host_artifact)
 
 
 # --------------------------------------------------------------------------------------------
@@ -188,11 +204,14 @@ def _artifact_cells(artifacts: Sequence[str | Path], runtimes: list[str]) -> lis
         path = Path(a)
         meta = read_sidecar(path)
         backend = meta["backend"]
-        if runtimes and backend not in runtimes:
+        able = [backend, *(rt for rt, b in NATIVE.items() if b == backend)]  # the runtimes that run it
+        chosen = [rt for rt in able if rt in runtimes] if runtimes else [backend]
+        if not chosen:
             raise ValueError(f"{path.name} is a {backend} artifact but --runtime is {','.join(runtimes)}")
-        cells.append({"model": meta["model"]["name"], "resolution": int(meta["input"]["shape"][-1]),
-                      "runtime": backend, "delegate": meta.get("delegate"), "precision": meta["precision"],
-                      "artifact": path, "source": meta["source"], "input_shape": meta["input"]["shape"]})
+        for rt in chosen:
+            cells.append({"model": meta["model"]["name"], "resolution": int(meta["input"]["shape"][-1]),
+                          "runtime": rt, "delegate": meta.get("delegate"), "precision": meta["precision"],
+                          "artifact": path, "source": meta["source"], "input_shape": meta["input"]["shape"]})
     return cells
 
 
@@ -233,13 +252,14 @@ def _model_cells(pairs: list[tuple[str, int | None]], runtimes: list[str], preci
                               "precision": "fp32", "artifact": None, "source": source,
                               "input_shape": [1, 3, r, r]})
                 continue
-            found = _reusable(model, r, rt, precision, out) if reuse else None
+            backend = NATIVE.get(rt, rt)
+            found = _reusable(model, r, backend, precision, out) if reuse else None
             if found is not None:
                 log(f"reusing {found.name}")
                 cells += _artifact_cells([found], [rt])
                 continue
-            log(f"building {model} @{r} for {rt} {precision} ...")
-            built = convert(model, to=rt, precision=precision, resolution=r, out=out, check=False,
+            log(f"building {model} @{r} for {backend} {precision} ...")
+            built = convert(model, to=backend, precision=precision, resolution=r, out=out, check=False,
                             show_progress=False)
             cells += _artifact_cells([built["artifact"]], [rt])
     return cells
@@ -355,7 +375,9 @@ def bench(
     dev_ctx = _open_device(kind, ident, xctestrun, app)
     if kind == "host":
         _host_runtimes_check(runtimes)
-    base_cells = _artifact_cells(artifacts or [], [])
+    if kind != "host" and any(rt in NATIVE for rt in runtimes):
+        raise ValueError(f"{', '.join(NATIVE)} runs on the host only")
+    base_cells = _artifact_cells(artifacts or [], runtimes if artifacts else [])
     if kind == "adb":
         bad_art = [c["artifact"].name for c in base_cells if c["runtime"] not in ("executorch", "tflite")]
         if bad_art:
@@ -420,6 +442,11 @@ def _host_runtimes_check(runtimes: Sequence[str]) -> None:
     from converters import RuntimeUnavailableError, get_converter
 
     for rt in dict.fromkeys(r for r in runtimes if r != "torch"):
+        if rt in NATIVE:
+            from .native import build_runner
+
+            build_runner()  # RuntimeUnavailableError naming the compiler package when it cannot be built
+            continue
         ok, why = get_converter(rt).runtime_availability()
         if not ok:
             raise RuntimeUnavailableError(f"{rt} cannot time artifacts on this host: {why}")

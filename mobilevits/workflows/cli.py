@@ -63,6 +63,16 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_build_runner(args: argparse.Namespace) -> int:
+    from .native import build_runner
+    from .report import to_json
+
+    bundle = build_runner(force=args.force, log=None if args.json else lambda m: print(m, file=sys.stderr))
+    info = {"binary": str(bundle.binary), "lib_dir": str(bundle.lib_dir), "key": bundle.key}
+    print(to_json(info) if args.json else f"native runner: {bundle.binary}")
+    return 0
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     from converters import convert
 
@@ -323,6 +333,12 @@ def build_parser() -> argparse.ArgumentParser:
     models = ", ".join(list_models())
     p = argparse.ArgumentParser(prog="mobilevits", description="Compact vision transformers from PyTorch to phones.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    s = sub.add_parser("build-runner", help="compile the native ExecuTorch runner (C++, from the executorch wheel) "
+                                            "into the user cache; bench --runtime executorch-native uses it")
+    s.add_argument("--force", action="store_true", help="rebuild even when the cached build is current")
+    s.add_argument("--json", action="store_true", help="print one JSON object for machines")
+    s.set_defaults(func=cmd_build_runner)
 
     s = sub.add_parser("list", help="models with params and MACs, next to the papers' numbers")
     s.add_argument("--resolution", type=_positive_int, help="count MACs at this input size (default: each model's)")
