@@ -68,7 +68,7 @@ def test_fp32_every_family_every_path(name, to, artifact):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["mobilevit_tiny", "levit_tiny", "mobilenetv3_tiny", "mobile_former_tiny"])
+@pytest.mark.parametrize("name", TINY)
 @pytest.mark.parametrize("to", ["executorch", "tflite"])
 def test_int8_matches_quantized_pytorch(name, to, artifact):
     if name not in TINY:
