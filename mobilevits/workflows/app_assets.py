@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]  # mobilevits/workflows/app_assets.py -> the repository
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 MANIFEST_NAME = "manifest.json"
 MANIFEST_SCHEMA_VERSION = 1

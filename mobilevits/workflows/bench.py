@@ -286,7 +286,7 @@ def host_environment() -> dict[str, Any]:
         pass
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                                cwd=Path(__file__).resolve().parents[1]).stdout.strip() or None
+                                cwd=Path(__file__).resolve().parents[2]).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         commit = None
     return {"os": platform.platform(), "python": platform.python_version(), "cpu": cpu,
