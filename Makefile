@@ -6,7 +6,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-random coverage lint clean
+.PHONY: install system-deps demo test test-random coverage lint clean
+
+# Debian packages for the native runner on the host and on ARM: the host and cross compilers, qemu-user
+# (emulated aarch64), valgrind (instruction counts) and OpenSSH (the ssh device and its loopback test).
+# Outside CI the tests that need one skip naming it; under CI (CI=true) they fail.
+SYSTEM_DEPS := g++ g++-aarch64-linux-gnu qemu-user openssh-client openssh-server
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -18,6 +24,14 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 install: $(STAMP)
+
+system-deps:
+	@missing=$$(for p in $(SYSTEM_DEPS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "apt-get install $$missing"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+			--no-install-recommends $$missing >/dev/null; \
+	fi
 
 demo: $(STAMP)
 	$(BIN)/mobilevits demo

@@ -28,6 +28,7 @@ from .base import (
     Converter,
     Delegation,
     RuntimeUnavailableError,
+    Session,
     UnsupportedError,
     atomic_replace,
     atomic_write_text,
@@ -459,8 +460,12 @@ def check_artifact(
     show_progress: bool = True,
     layers: bool = False,
     quantized: torch.nn.Module | None = None,
+    session: Session | None = None,
 ) -> dict[str, Any]:
     """Run an artifact and its rebuilt PyTorch source on the same images and compare them.
+
+    ``session``: the artifact already opened somewhere else (a device, e.g. an ARM CPU), run instead of
+    this host's runtime under the same rules; its ``runtime_version`` names it in ``runtime``.
 
     ``quantized``: the quantised graph this int8 artifact was lowered from, when the caller holds it
     (``convert`` does): used as the reference instead of calibrating again from the sidecar's recipe.
@@ -503,13 +508,17 @@ def check_artifact(
     if precision == "int8":
         result.update(sqnr_quantised_vs_float_db=None, margin_db=None)
     ok, why = conv.runtime_availability()
-    if meta["backend"] == "executorch" and meta.get("delegate") == "coreml":
+    if session is not None:
+        ok, why = True, ""
+    elif meta["backend"] == "executorch" and meta.get("delegate") == "coreml":
         ok, why = False, "an ExecuTorch program with the Core ML delegate runs only on Apple devices"
     # Core ML packages run everywhere through the NumPy MIL executor (it needs coremltools only to read them).
-    mil = meta["backend"] == "coreml" and conv.availability()[0]
+    mil = meta["backend"] == "coreml" and conv.availability()[0] and session is None
     # (an ExecuTorch program with the Core ML delegate is not ``ok`` here)
-    int8_layers = layers and precision == "int8" and (ok or mil) and bool(conv.layers_source)
-    if layers and not (mil or int8_layers):
+    int8_layers = layers and precision == "int8" and (ok or mil) and bool(conv.layers_source) and session is None
+    if layers and session is not None:
+        result["layers_note"] = "per-layer comparison runs on this host only (without --device)"
+    elif layers and not (mil or int8_layers):
         result["layers_note"] = ("per-layer comparison is available for Core ML packages (NumPy MIL executor) and "
                                  "int8 TFLite and ExecuTorch (XNNPACK) models on a host that runs them")
     problems = conv.validate(artifact, tuple(meta["input"]["shape"]), meta["source"]["num_classes"]) \
@@ -554,6 +563,10 @@ def check_artifact(
                     "fp32 accumulation, rounded after each op), not from Core ML" if not ok else
                     "numerics from the NumPy reference executor and from Core ML (MLModel.predict, CPU only); "
                     "both must pass")
+    elif session is not None:
+        out = session.run(x.numpy())
+        result["runtime"] = session.runtime_version
+        result["device"] = getattr(session, "device_spec", None) or session.runtime_version
     else:
         out = conv.run(artifact, x.numpy(), threads=threads)
     result.update(compare(ref, out))
@@ -731,5 +744,9 @@ def _int8_layer_report(conv: Converter, artifact: Path, qref: torch.fx.GraphModu
 def _store_check(artifact: Path, meta: dict[str, Any], result: dict[str, Any]) -> None:
     meta = dict(meta)
     # the per-op table stays out of the sidecar (hundreds of rows); first_divergence is kept
-    meta["check"] = {k: v for k, v in result.items() if k not in ("artifact", "layers", "layers_unmatched")}
+    kept = {k: v for k, v in result.items() if k not in ("artifact", "layers", "layers_unmatched")}
+    if result.get("device"):  # a check on another machine sits beside the host's, one per device
+        meta["device_checks"] = dict(meta.get("device_checks") or {}, **{result["device"]: kept})
+    else:
+        meta["check"] = kept
     write_sidecar(artifact, meta)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
 
 import numpy as np
 import pytest
@@ -16,6 +18,29 @@ def _seeded() -> None:
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
+
+
+def require_tool(tool: str, package: str) -> None:
+    """Skip when the system tool ``tool`` is missing, naming the Debian package that provides it; under CI
+    (``CI=true``, set by .ci/run after ``make system-deps``) fail instead, so CI never skips silently."""
+    if shutil.which(tool) is None:
+        message = f"needs {tool}: apt-get install {package} (or make system-deps)"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture
+def needs():
+    """``needs(tool, package)``: :func:`require_tool` for a test."""
+    return require_tool
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _runner_cache(tmp_path_factory) -> None:
+    """Native runners build into one cache shared by the xdist workers of this run (not the user's)."""
+    if "MOBILEVITS_CACHE" not in os.environ:
+        os.environ["MOBILEVITS_CACHE"] = str(tmp_path_factory.getbasetemp().parent / "mobilevits-cache")
 
 
 @pytest.fixture(scope="session")

@@ -147,4 +147,7 @@ def test_whole_flow_on_tiny_models(tmp_path):
     assert result["bench"]["sessions"] == 2 and len(result["bench"]["order"]) == 2
     cell = result["bench"]["cells"][0]
     assert len(cell["session_medians_ms"]) == 2 and len(cell["samples_ms"]) == 4
-    assert "claim:" in fd.format_findings(result)
+    assert "claim:" in fd.format_findings(result) and "EMULATED" not in fd.format_findings(result)
+    emulated = {**result, "bench": {**result["bench"], "device": {"kind": "qemu-arm64", "cpu": "cortex-a76",
+                                                                  "emulated": True}}}
+    assert fd.format_findings(emulated).startswith("EMULATED (qemu-arm64 CPU cortex-a76)")

@@ -35,6 +35,7 @@ from .app_assets import compute_stats
 # backend's artifacts another way: the native ExecuTorch runner (C++, mobilevits.workflows.native)
 NATIVE = {"executorch-native": "executorch"}
 RUNTIMES = ("torch", *backends(), *NATIVE)
+MACHINES = ("qemu-arm64", "ssh")  # devices that run the native runner (mobilevits.workflows.machines)
 CSV_FIELDS = ("order", "id", "model", "resolution", "runtime", "delegate", "precision", "threads", "device", "route",
               "warmup", "iterations", "load_ms_cold", "load_ms_warm", "first_inference_ms", "median_ms", "p10_ms",
               "p90_ms", "trimmed_mean_ms", "mean_ms", "std_ms", "min_ms", "max_ms", "cv", "artifact")
@@ -157,16 +158,25 @@ def _host_artifact(cell: dict[str, Any], x: np.ndarray, warmup: int, iterations:
 
 
 def _host_native(cell: dict[str, Any], x: np.ndarray, warmup: int, iterations: int) -> dict[str, Any]:
-    """Time a .pte with the native runner: load, first inference, warm-up and the timed runs happen in
-    the runner's own process (no Python in the loop); the warm load is a second runner process."""
-    from .native import build_runner, run_native
+    """Time a .pte with the native runner on this host."""
+    from .machines import LocalDevice
 
-    bundle = build_runner()
-    r = run_native(bundle, cell["artifact"], x, threads=int(cell["threads"]), warmup=warmup, iterations=iterations)
-    again = run_native(bundle, cell["artifact"], x, threads=int(cell["threads"]), warmup=0, iterations=1)
+    with LocalDevice() as dev:
+        return _native_timing(dev, cell, x, warmup, iterations)
+
+
+def _native_timing(dev: Any, cell: dict[str, Any], x: np.ndarray, warmup: int, iterations: int) -> dict[str, Any]:
+    """Load, first inference, warm-up and the timed runs in the runner's own process on ``dev`` (no Python
+    in the loop); the warm load is a second runner process."""
+    from .machines import NativeSession
+
+    with NativeSession(dev, cell["artifact"], threads=int(cell["threads"])) as s:
+        r = s.time(x, warmup=warmup, iterations=iterations)
+        again = s.time(x, warmup=0, iterations=1)
     return {"load_ms_cold": r["load_ms"], "load_ms_warm": again["load_ms"],
             "first_inference_ms": r["first_inference_ms"], "samples_ms": r["samples_ms"],
-            "runtime_version": f"executorch native runner (g++ {r['compiler']})", "actual_threads": r["threads"]}
+            "runtime_version": f"{s.runtime_version} ({r['arch']}, g++ {r['compiler']})",
+            "actual_threads": r["threads"], "emulated": dev.emulated}
 
 
 def _host_runner(runtime: str) -> Callable[..., dict[str, Any]]:
@@ -267,8 +277,9 @@ def _model_cells(pairs: list[tuple[str, int | None]], runtimes: list[str], preci
 
 def _parse_device(device: str) -> tuple[str, str | None]:
     kind, _, ident = device.partition(":")
-    if kind not in ("host", "adb", "ios"):
-        raise ValueError(f"--device must be host, adb[:SERIAL] or ios[:UDID], got {device!r}")
+    if kind not in ("host", "adb", "ios", *MACHINES):
+        raise ValueError(f"--device must be host, adb[:SERIAL], ios[:UDID], qemu-arm64[:CPU] or "
+                         f"ssh:[USER@]HOST[:PORT], got {device!r}")
     return kind, ident or None
 
 
@@ -329,7 +340,9 @@ def bench(
         artifacts: ``.pte`` / ``.tflite`` / ``.mlpackage`` files with sidecars (runtime from the sidecar).
         models, resolutions, runtime: build artifacts for each model x resolution x runtime on the fly
             (``torch`` = the PyTorch eager reference, no artifact). Comma strings or lists.
-        device: ``host``, ``adb[:SERIAL]`` or ``ios[:UDID]``.
+        device: ``host``, ``adb[:SERIAL]``, ``ios[:UDID]``, or a machine that runs the native runner:
+            ``qemu-arm64[:CPU]`` (emulated: its times are labelled and are not a phone's) or
+            ``ssh:[USER@]HOST[:PORT]`` (an ARM Linux board); these time .pte files only.
         threads: thread counts to sweep (ignored on iOS, where neither runtime sets one).
         warmup, iterations: untimed and timed runs per cell, after the cold load and first inference.
         cooldown: seconds of sleep between cells.
@@ -375,9 +388,15 @@ def bench(
     dev_ctx = _open_device(kind, ident, xctestrun, app)
     if kind == "host":
         _host_runtimes_check(runtimes)
-    if kind != "host" and any(rt in NATIVE for rt in runtimes):
-        raise ValueError(f"{', '.join(NATIVE)} runs on the host only")
+    if kind in ("adb", "ios") and any(rt in NATIVE for rt in runtimes):
+        raise ValueError(f"{', '.join(NATIVE)} runs on the host, qemu-arm64 and ssh devices")
     base_cells = _artifact_cells(artifacts or [], runtimes if artifacts else [])
+    if kind in MACHINES:
+        bad_rt = sorted(({c["runtime"] for c in base_cells} | set(runtimes)) - {"executorch", *NATIVE})
+        if bad_rt:
+            dev_ctx["machine"].close()
+            raise ValueError(f"{kind} times ExecuTorch programs (.pte) through the native runner, not "
+                             f"{', '.join(bad_rt)}")
     if kind == "adb":
         bad_art = [c["artifact"].name for c in base_cells if c["runtime"] not in ("executorch", "tflite")]
         if bad_art:
@@ -417,10 +436,16 @@ def bench(
                 timing["cold_in_process"] = key not in _LOADED
                 _LOADED.add(key)
                 timing["device_state_before"] = timing["device_state_after"] = None
+            elif kind in MACHINES:
+                timing = _native_timing(dev_ctx["machine"], cell, x, warmup, iterations)
+                timing["route"] = "native-runner"
+                timing["device_state_before"] = timing["device_state_after"] = None
             else:
                 timing = _run_adb_cell(dev_ctx, cell, warmup, iterations, cpu_mask, out)
             results[i] = _record(cell, timing, k, kind, warmup, iterations, cpu_mask)
 
+    if dev_ctx and "machine" in dev_ctx:
+        dev_ctx["machine"].close()
     cell_records = [r for r in results if r is not None]
     result = {"schema": "mobilevits.workflows.bench/1", "timestamp": _dt.datetime.now(_dt.UTC).isoformat(),
               "environment": host_environment(), "device": dev_ctx.get("info") if dev_ctx else {"kind": "host"},
@@ -465,7 +490,7 @@ def _record(cell: dict[str, Any], timing: dict[str, Any], k: int, kind: str, war
            "warmup": warmup, "iterations": iterations, "stats": stats}
     for key in ("route", "load_ms_cold", "load_ms_warm", "first_inference_ms", "samples_ms", "cold_in_process",
                 "device_state_before", "device_state_after", "runtime_version", "actual_threads", "summary",
-                "command", "bench_result"):
+                "command", "bench_result", "emulated"):
         if key in timing:
             rec[key] = timing[key]
     rec.setdefault("samples_ms", samples)
@@ -482,6 +507,11 @@ def _open_device(kind: str, ident: str | None, xctestrun: str | None, app: bool)
 
     if kind == "host":
         return None
+    if kind in MACHINES:
+        from .machines import open_device
+
+        machine = open_device(f"{kind}:{ident}" if ident else kind)
+        return {"machine": machine, "info": machine.info()}
     if kind == "adb":
         adb = devices.Adb(ident)
         return {"adb": adb, "app": app, "info": dict(devices.android_info(adb), kind="adb")}
@@ -651,8 +681,13 @@ def format_table(result: dict[str, Any]) -> str:
     buf = io.StringIO()
     env = result["environment"]
     dev = result.get("device") or {}
-    where = "host " + str(env.get("cpu")) if dev.get("kind") in (None, "host") else \
-        f"{dev.get('model')} ({dev.get('os')} {dev.get('os_version')}, {dev.get('soc') or 'SoC n/a'})"
+    if dev.get("kind") in (None, "host"):
+        where = "host " + str(env.get("cpu"))
+    elif dev.get("kind") in MACHINES:  # emulated times are an emulator's cost, never a phone's
+        where = (f"EMULATED {dev['kind']} CPU {dev.get('cpu')} ({dev.get('emulator')}): not device times"
+                 if dev.get("emulated") else f"{dev.get('host')} ({dev.get('arch')}, {dev.get('cpu')})")
+    else:
+        where = f"{dev.get('model')} ({dev.get('os')} {dev.get('os_version')}, {dev.get('soc') or 'SoC n/a'})"
     buf.write(f"{where}; times in ms; warm-up {result['settings']['warmup']}, "
               f"{result['settings']['iterations']} iterations; order seed {result['settings']['seed']}\n")
     for r in [head, *rows]:

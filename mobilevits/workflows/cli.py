@@ -2,11 +2,13 @@
 
     mobilevits list [--resolution R] [--json]
     mobilevits convert MODEL --to {executorch,coreml,tflite} [--precision P] [--resolution R] ...
-    mobilevits check ARTIFACT [--data photos|digits|DIR] [--layers] [--json]
+    mobilevits check ARTIFACT [--data photos|digits|DIR] [--layers] [--device qemu-arm64[:CPU]|ssh:HOST] [--json]
+    mobilevits profile ARTIFACT.pte [--device host|qemu-arm64[:CPU]|ssh:HOST] [--plot F.png] [--json]
+    mobilevits build-runner [--target host|aarch64]
     mobilevits demo
     mobilevits export-app-assets ARTIFACT... --to {android_demo,ios_demo} [--labels FILE] [--json]
-    mobilevits bench [ARTIFACT...] [--models M,...] [--runtime R] [--device host|adb[:SERIAL]|ios[:UDID]] [--json]
-    mobilevits findings [--runtime executorch,tflite] [--device host|adb[:SERIAL]|ios[:UDID]] [--json]
+    mobilevits bench [ARTIFACT...] [--models M,...] [--runtime R] [--device host|adb|ios|qemu-arm64|ssh] [--json]
+    mobilevits findings [--runtime executorch,tflite] [--device host|adb|ios|qemu-arm64|ssh] [--json]
 """
 
 from __future__ import annotations
@@ -40,14 +42,27 @@ def _model_name(value: str) -> str:
     return value
 
 
-def _positive_int(value: str) -> int:
+DEVICE_HELP = ("host (default), adb[:SERIAL], ios[:UDID], qemu-arm64[:CPU] (emulated ARM, labelled) or "
+               "ssh:[USER@]HOST[:PORT] (ARM Linux board)")
+
+
+def _int_at_least(value: str, minimum: int) -> int:
     try:
         n = int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {n}")
+    if n < minimum:
+        raise argparse.ArgumentTypeError(f"expected {'a positive number' if minimum == 1 else f'{minimum} or more'}"
+                                         f", got {n}")
     return n
+
+
+def _positive_int(value: str) -> int:
+    return _int_at_least(value, 1)
+
+
+def _non_negative_int(value: str) -> int:
+    return _int_at_least(value, 0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -67,8 +82,9 @@ def cmd_build_runner(args: argparse.Namespace) -> int:
     from .native import build_runner
     from .report import to_json
 
-    bundle = build_runner(force=args.force, log=None if args.json else lambda m: print(m, file=sys.stderr))
-    info = {"binary": str(bundle.binary), "lib_dir": str(bundle.lib_dir), "key": bundle.key}
+    bundle = build_runner(args.target, force=args.force,
+                          log=None if args.json else lambda m: print(m, file=sys.stderr))
+    info = {"target": bundle.target, "binary": str(bundle.binary), "lib_dir": str(bundle.lib_dir), "key": bundle.key}
     print(to_json(info) if args.json else f"native runner: {bundle.binary}")
     return 0
 
@@ -96,8 +112,19 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     from .report import to_json
 
-    result = check_artifact(args.artifact, data=args.data, limit=args.limit, threads=args.threads,
-                            show_progress=not args.json, layers=args.layers)
+    if args.device != "host":
+        from .machines import NativeSession, open_device
+
+        if Path(args.artifact).suffix != ".pte":
+            raise ValueError(f"--device {args.device} runs ExecuTorch programs (.pte) through the native runner, "
+                             f"not {Path(args.artifact).name}; check it on this host without --device")
+        with open_device(args.device) as dev, NativeSession(dev, args.artifact, threads=args.threads) as session:
+            result = check_artifact(args.artifact, data=args.data, limit=args.limit, threads=args.threads,
+                                    show_progress=not args.json, layers=args.layers, session=session)
+            result["device_info"] = dev.info()
+    else:
+        result = check_artifact(args.artifact, data=args.data, limit=args.limit, threads=args.threads,
+                                show_progress=not args.json, layers=args.layers)
     if args.json:
         print(to_json(result))
     else:
@@ -105,6 +132,18 @@ def cmd_check(args: argparse.Namespace) -> int:
         if args.layers:
             print(_describe_layers(result))
     return 0 if result["passed"] else EXIT_FAILED
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from .profile import format_profile, profile_artifact, write_profile_plot
+    from .report import to_json
+
+    result = profile_artifact(args.artifact, device=args.device, threads=args.threads, warmup=args.warmup,
+                              iterations=args.iterations, etdump=args.etdump)
+    if args.plot:
+        result["plot"] = str(write_profile_plot(result, args.plot))
+    print(to_json(result) if args.json else format_profile(result))
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -336,6 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("build-runner", help="compile the native ExecuTorch runner (C++, from the executorch wheel) "
                                             "into the user cache; bench --runtime executorch-native uses it")
+    s.add_argument("--target", choices=("host", "aarch64"), default="host",
+                   help="host (default) or aarch64 (cross-compiled against the executorch wheel for "
+                        "manylinux_2_28_aarch64; runs on qemu-arm64 and ARM Linux boards)")
     s.add_argument("--force", action="store_true", help="rebuild even when the cached build is current")
     s.add_argument("--json", action="store_true", help="print one JSON object for machines")
     s.set_defaults(func=cmd_build_runner)
@@ -375,8 +417,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--layers", action="store_true",
                    help="Core ML, int8 TFLite and int8 ExecuTorch: compare every op with the PyTorch graph "
                         "and name the first that diverges")
+    s.add_argument("--device", default="host",
+                   help="run a .pte elsewhere through the native runner: qemu-arm64[:CPU] (emulated ARM, default "
+                        "CPU cortex-a76) or ssh:[USER@]HOST[:PORT]; default: this host's runtime")
     s.add_argument("--json", action="store_true", help="print one JSON object for machines")
     s.set_defaults(func=cmd_check)
+
+    s = sub.add_parser("profile", help="per-operator time of a .pte (native runner + ETDump + ExecuTorch's "
+                                       "Inspector): kinds, top 10, int8<->fp32 conversions, ops outside XNNPACK")
+    s.add_argument("artifact", help=".pte with its sidecar .json beside it")
+    s.add_argument("--device", default="host",
+                   help="host (default), qemu-arm64[:CPU] (emulated: shares are the emulator's) or "
+                        "ssh:[USER@]HOST[:PORT]")
+    s.add_argument("--threads", type=_positive_int, default=1)
+    s.add_argument("--warmup", type=_non_negative_int, default=2)
+    s.add_argument("--iterations", type=_positive_int, default=5)
+    s.add_argument("--etdump", help="also keep the ETDump at this path")
+    s.add_argument("--plot", help="write a PNG of the slowest operator kinds")
+    s.add_argument("--json", action="store_true", help="print one JSON object for machines")
+    s.set_defaults(func=cmd_profile)
 
     def add_training_args(s: argparse.ArgumentParser, out: str) -> None:
         s.add_argument("model", type=_model_name, help="model name (see `mobilevits list`)")
@@ -421,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--runtime", help=f"comma list of {', '.join(RUNTIMES)} (torch: PyTorch eager; "
                                      "for --models; default torch)")
     s.add_argument("--precision", default="fp32", choices=precisions())
-    s.add_argument("--device", default="host", help="host (default), adb[:SERIAL] or ios[:UDID]")
+    s.add_argument("--device", default="host", help=DEVICE_HELP)
     s.add_argument("--threads", type=_int_list, default=[1], help="comma list of thread counts (default 1)")
     s.add_argument("--warmup", type=int, default=10, help="untimed runs per cell (default 10)")
     s.add_argument("--iterations", type=_positive_int, default=50, help="timed runs per cell (default 50)")
@@ -438,7 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--runtime", default="executorch", help=f"comma list of {', '.join(RUNTIMES)} "
                                                            "(default executorch)")
     s.add_argument("--precision", default="fp32", choices=precisions())
-    s.add_argument("--device", default="host", help="host (default), adb[:SERIAL] or ios[:UDID]")
+    s.add_argument("--device", default="host", help=DEVICE_HELP)
     s.add_argument("--threads", type=_positive_int, default=1, help="threads per cell (default 1, as the papers)")
     s.add_argument("--warmup", type=int, default=5, help="untimed runs per cell (default 5)")
     s.add_argument("--iterations", type=_positive_int, default=20, help="timed runs per cell (default 20)")

@@ -385,6 +385,10 @@ def summary(f: dict[str, Any]) -> str:
 def format_findings(result: dict[str, Any]) -> str:
     """A table for people: finding, runtime, reproduced, and the numbers behind it."""
     lines = []
+    dev = (result.get("bench") or {}).get("device") or {}
+    if dev.get("emulated"):  # an emulator's costs: a finding here says nothing about a phone's speed
+        lines.append(f"EMULATED ({dev.get('kind')} CPU {dev.get('cpu')}): latencies are the emulator's, not a "
+                     "device's; read these findings as a harness run, not as evidence")
     for f in result["findings"]:
         lines.append(f"[{'yes' if f['reproduced'] else 'NO '}] {f['id']} ({f['runtime']})")
         lines.append(f"      claim:    {f['claim']}")

@@ -1,7 +1,7 @@
 """The native ExecuTorch runner: built from the executorch wheel's own C++ runtime, run without Python.
 
-    bundle = build_runner()                     # compiled once into the user cache, rebuilt on change
-    result = run_native(bundle, "m.pte", x)     # x: (1, 3, R, R) float32 -> logits, timings
+    bundle = build_runner("aarch64")     # compiled once into the user cache, rebuilt on change
+    # bundle.folder: runner + lib/; run it on a device with machines.NativeSession
 
 The runner's source is ``runner_src/executorch/runner.cpp``; it links the wheel's libexecutorch
 (Module API), the XNNPACK backend, the optimized and quantized kernels and the thread pool, so its
@@ -15,27 +15,40 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
+import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from converters import RuntimeUnavailableError
 
 SRC = Path(__file__).resolve().parent / "runner_src" / "executorch"
 LIBS = ("executorch", "executorch_backend_xnnpack", "executorch_kernels_optimized", "executorch_kernels_quantized",
-        "executorch_threadpool")
+        "executorch_threadpool", "executorch_etdump")
+# target -> (compiler, Debian package that provides it, pip platform tag of the executorch wheel)
+TARGETS: dict[str, tuple[str, str, str | None]] = {
+    "host": ("g++", "g++", None),
+    "aarch64": ("aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu", "manylinux_2_28_aarch64"),
+}
 
 
 @dataclass(frozen=True)
 class RunnerBundle:
-    """A built runner: the binary and the folder of the libraries it loads."""
+    """A built runner: ``folder`` holds ``runner`` and ``lib/`` (the binary finds its libraries through
+    rpath ``$ORIGIN/lib``), so the folder can be copied to a board as it is."""
 
-    binary: Path
-    lib_dir: Path
+    folder: Path
+    target: str
     key: str
+
+    @property
+    def binary(self) -> Path:
+        return self.folder / "runner"
+
+    @property
+    def lib_dir(self) -> Path:
+        return self.folder / "lib"
 
 
 def cache_dir() -> Path:
@@ -45,6 +58,14 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mobilevits"
 
 
+def _check_root(root: Path, how: str) -> Path:
+    missing = [n for n in LIBS if not (root / "lib" / f"lib{n}.so").is_file()]
+    if missing or not (root / "include" / "executorch").is_dir():
+        raise RuntimeUnavailableError(f"the executorch wheel at {root} lacks its C++ runtime "
+                                      f"(lib{missing[0] + '.so' if missing else 'include'}); {how}")
+    return root
+
+
 def executorch_root() -> Path:
     """The installed executorch package (its lib/ and include/ folders)."""
     import importlib.util
@@ -52,25 +73,64 @@ def executorch_root() -> Path:
     spec = importlib.util.find_spec("executorch")
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeUnavailableError("the native runner needs the executorch package: pip install executorch==1.5.1")
-    root = Path(next(iter(spec.submodule_search_locations)))
-    missing = [n for n in LIBS if not (root / "lib" / f"lib{n}.so").is_file()]
-    if missing or not (root / "include" / "executorch").is_dir():
-        raise RuntimeUnavailableError(f"the executorch wheel at {root} lacks its C++ runtime "
-                                      f"(lib{missing[0] if missing else 'include'}); reinstall executorch==1.5.1")
-    return root
+    return _check_root(Path(next(iter(spec.submodule_search_locations))), "reinstall executorch==1.5.1")
 
 
-def _compiler() -> str:
-    cxx = os.environ.get("CXX") or shutil.which("g++")
+def _executorch_version() -> str:
+    from importlib.metadata import version
+
+    return version("executorch")
+
+
+def target_root(target: str, log: Any = None) -> Path:
+    """lib/ and include/ of the executorch wheel for ``target``: the installed package for the host; for
+    another architecture, the same version's wheel from the package index, unpacked once into the cache."""
+    if target == "host":
+        return executorch_root()
+    platform = TARGETS[target][2]
+    ver = _executorch_version()
+    root = cache_dir() / "executorch" / f"{ver}-{target}" / "executorch"
+    if (root / "lib").is_dir() and (root / "include").is_dir():
+        return _check_root(root, f"remove {root.parent} and build again")
+    wheels = cache_dir() / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    if log:
+        log(f"downloading the executorch {ver} wheel for {platform}")
+    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+           "--platform", platform, "--python-version", "3.11", "--implementation", "cp",
+           f"executorch=={ver}", "-d", str(wheels)]
+    p = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    found = sorted(wheels.glob(f"executorch-{ver}-*{platform}*.whl"))
+    if p.returncode != 0 or not found:
+        last = (p.stderr.strip().splitlines() or ["no wheel"])[-1]
+        raise RuntimeUnavailableError(f"cannot download the executorch {ver} wheel for {platform} ({last}); "
+                                      f"run `{' '.join(cmd[2:])}` where the package index is reachable")
+    tmp = root.parent.with_name(root.parent.name + f".{os.getpid()}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    with zipfile.ZipFile(found[-1]) as z:  # only the C++ runtime: lib/ and include/
+        for name in z.namelist():
+            if name.startswith(("executorch/lib/", "executorch/include/")):
+                z.extract(name, tmp)
+    try:
+        os.replace(tmp, root.parent)
+    except OSError:  # another process unpacked the same wheel first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return _check_root(root, f"remove {root.parent} and build again")
+
+
+def _compiler(target: str) -> str:
+    name, package, _ = TARGETS[target]
+    env = "CXX" if target == "host" else f"CXX_{target.upper()}"
+    cxx = os.environ.get(env) or shutil.which(name)
     if not cxx or not shutil.which(cxx):
-        raise RuntimeUnavailableError("building the native runner needs a C++17 compiler: apt-get install g++ "
-                                      "(or set CXX)")
+        raise RuntimeUnavailableError(f"building the native runner for {target} needs {name}: apt-get install "
+                                      f"{package} (or set {env})")
     return cxx
 
 
-def _key(cxx: str, root: Path) -> str:
-    """Changes when the runner's source, the compiler or the wheel's libraries change."""
-    h = hashlib.sha256()
+def _key(cxx: str, root: Path, target: str) -> str:
+    """Changes when the runner's source, the compiler, the target or the wheel's libraries change."""
+    h = hashlib.sha256(target.encode())
     for p in sorted(SRC.rglob("*")):
         if p.is_file():
             h.update(p.relative_to(SRC).as_posix().encode())
@@ -83,29 +143,41 @@ def _key(cxx: str, root: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def build_runner(force: bool = False, log: Any = None) -> RunnerBundle:
-    """Compile the runner for this host unless the cached build is current; returns the bundle."""
-    root, cxx = executorch_root(), _compiler()
-    key = _key(cxx, root)
-    folder = cache_dir() / "runners" / f"executorch-host-{key}"
-    binary = folder / "runner"
-    bundle = RunnerBundle(binary, root / "lib", key)
-    if binary.is_file() and not force:
+def build_runner(target: str = "host", force: bool = False, log: Any = None) -> RunnerBundle:
+    """Compile the runner for ``target`` (``host`` or ``aarch64``) unless the cached bundle is current."""
+    if target not in TARGETS:
+        raise ValueError(f"unknown runner target {target!r}: choose from {', '.join(TARGETS)}")
+    cxx = _compiler(target)
+    root = target_root(target, log)
+    key = _key(cxx, root, target)
+    bundle = RunnerBundle(cache_dir() / "runners" / f"executorch-{target}-{key}", target, key)
+    if bundle.binary.is_file() and not force:
         return bundle
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".runner.{os.getpid()}.partial"
-    cmd = [cxx, "-O2", "-std=c++17", str(SRC / "runner.cpp"), "-o", str(tmp),
+    bundle.folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = bundle.folder.with_name(bundle.folder.name + f".{os.getpid()}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "lib").mkdir(parents=True)
+    for n in LIBS:
+        shutil.copy2(root / "lib" / f"lib{n}.so", tmp / "lib")
+    cmd = [cxx, "-O2", "-std=c++17", str(SRC / "runner.cpp"), "-o", str(tmp / "runner"),
            f"-I{root / 'include'}", f"-I{root / 'include/executorch/runtime/core/portable_type/c10'}",
-           f"-I{SRC / 'shim'}", f"-L{root / 'lib'}", "-Wl,--no-as-needed", *[f"-l{n}" for n in LIBS],
-           f"-Wl,-rpath,{root / 'lib'}", "-Wno-deprecated-declarations"]
+           f"-I{SRC / 'shim'}", f"-L{root / 'lib'}",
+           # --no-as-needed: the backend and kernel libraries register themselves from static constructors
+           # and are never called by name, so --as-needed would drop them ("XnnpackBackend is not registered")
+           "-Wl,--no-as-needed", *[f"-l{n}" for n in LIBS], "-Wl,-rpath,$ORIGIN/lib", "-Wno-deprecated-declarations"]
     if log:
-        log(f"building the native runner ({Path(cxx).name}) into {folder}")
+        log(f"building the native runner for {target} ({Path(cxx).name}) into {bundle.folder}")
     p = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if p.returncode != 0:
-        tmp.unlink(missing_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
         first = next((ln for ln in p.stderr.splitlines() if "error" in ln), p.stderr.strip()[-300:])
         raise RuntimeUnavailableError(f"the native runner did not compile: {first}")
-    os.replace(tmp, binary)  # concurrent builds: the last rename wins, each binary is complete
+    if force:
+        shutil.rmtree(bundle.folder, ignore_errors=True)
+    try:
+        os.replace(tmp, bundle.folder)  # a reader sees no bundle or a complete one
+    except OSError:  # a concurrent build of the same key finished first
+        shutil.rmtree(tmp, ignore_errors=True)
     return bundle
 
 
@@ -115,21 +187,3 @@ def parse_runner_output(stdout: str) -> dict[str, Any]:
         if line.startswith("{"):
             return json.loads(line)
     raise RuntimeError(f"the native runner printed no result: {stdout.strip()[-300:]!r}")
-
-
-def run_native(bundle: RunnerBundle, pte: str | Path, x: np.ndarray, threads: int = 1, warmup: int = 3,
-               iterations: int = 10, timeout: float = 600) -> dict[str, Any]:
-    """Run ``pte`` on one input through the native runner; adds ``output`` (the first output array)."""
-    with tempfile.TemporaryDirectory(prefix="mobilevits-native-") as d:
-        inp = Path(d) / "input_0.npy"
-        np.save(inp, np.ascontiguousarray(x))
-        cmd = [str(bundle.binary), "--model", str(pte), "--input", str(inp), "--output-dir", d,
-               "--threads", str(threads), "--warmup", str(warmup), "--iterations", str(iterations)]
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-        if p.returncode != 0:
-            err = next((ln for ln in p.stderr.splitlines() if ln.startswith("error:")), p.stderr.strip()[-300:])
-            raise RuntimeError(f"native runner failed on {Path(pte).name}: {err}")
-        result = parse_runner_output(p.stdout)
-        paths = result.pop("outputs")  # files in the temporary folder: read before it goes
-        result["output"] = np.load(paths[0]) if paths else None
-    return result

@@ -4,16 +4,26 @@
 // `mobilevits build-runner` (mobilevits/workflows/native.py); the same source builds for aarch64.
 //
 //   runner --model m.pte --input x.npy [--input ...] [--output-dir DIR] [--threads N]
-//          [--warmup W] [--iterations N]
+//          [--warmup W] [--iterations N] [--etdump FILE]
+//
+// An input may hold several samples stacked on the first axis ((S*B, ...) for a program taking (B, ...)):
+// the timings use the first sample, then each sample runs once and the outputs are stacked the same way
+// (one process for a whole check set: on an emulated CPU the load is the slow part).
+// --etdump writes the runtime's event trace (every XNNPACK operator when the delegate is built with its
+// profiler) for executorch.devtools.Inspector.
 //
 // Any problem: one "error: ..." line on stderr and exit code 2.
 
+#include <executorch/devtools/etdump/etdump_flatcc.h>
 #include <executorch/extension/module/module.h>
 #include <executorch/extension/tensor/tensor.h>
 
+#include <algorithm>
 #include <chrono>
+#include <memory>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -160,7 +170,7 @@ std::string json_escape(const std::string& s) {
 }
 
 int run(int argc, char** argv) {
-  std::string model, output_dir;
+  std::string model, output_dir, etdump_path;
   std::vector<std::string> inputs;
   int threads = 1, warmup = 3, iterations = 10;
   for (int i = 1; i < argc; ++i) {
@@ -185,6 +195,7 @@ int run(int argc, char** argv) {
     else if (arg == "--threads") threads = number(1);
     else if (arg == "--warmup") warmup = number(0);
     else if (arg == "--iterations") iterations = number(1);
+    else if (arg == "--etdump") etdump_path = value();
     else throw Failure("unknown flag " + arg + " (see the usage at the top of runner.cpp)");
   }
   if (model.empty()) throw Failure("--model PATH.pte is required");
@@ -192,7 +203,9 @@ int run(int argc, char** argv) {
   // XNNPACK binds the pool when the program loads: size it first.
   executorch::extension::threadpool::get_threadpool()->_unsafe_reset_threadpool(threads);
   auto t_load = std::chrono::steady_clock::now();
-  Module module(model, Module::LoadMode::File);
+  std::unique_ptr<executorch::runtime::EventTracer> tracer;
+  if (!etdump_path.empty()) tracer = std::make_unique<executorch::etdump::ETDumpGen>();
+  Module module(model, Module::LoadMode::File, std::move(tracer));
   auto loaded = module.load_method("forward");
   if (loaded != executorch::runtime::Error::Ok)
     throw Failure("cannot load method forward of " + model + " (error " + std::to_string(static_cast<int>(loaded)) +
@@ -205,21 +218,41 @@ int run(int argc, char** argv) {
                   std::to_string(inputs.size()) + " --input");
 
   std::vector<Array> arrays;
-  std::vector<executorch::extension::TensorPtr> tensors;
-  std::vector<EValue> values;
+  std::vector<std::vector<int64_t>> wanted;
+  int64_t num_samples = 1;
   for (size_t k = 0; k < inputs.size(); ++k) {
     arrays.push_back(read_npy(inputs[k]));
     Array& a = arrays.back();
     auto info = meta->input_tensor_meta(k);
     if (!info.ok()) throw Failure("input " + std::to_string(k) + " of " + model + " is not a tensor");
     std::vector<int64_t> want(info->sizes().begin(), info->sizes().end());
-    if (a.shape != want || a.dtype->type != info->scalar_type())
+    // (S*B, ...) for a program taking (B, ...): S samples
+    bool stacked = !want.empty() && a.shape.size() == want.size() && want[0] > 0 && a.shape[0] % want[0] == 0 &&
+                   std::equal(want.begin() + 1, want.end(), a.shape.begin() + 1);
+    int64_t s = stacked ? a.shape[0] / want[0] : (a.shape == want ? 1 : 0);
+    if (s < 1 || a.dtype->type != info->scalar_type() || (k > 0 && s != num_samples))
       throw Failure(inputs[k] + " is " + a.dtype->descr + " " + shape_str(a.shape) + " but the program takes " +
-                    dtype_of(info->scalar_type()).descr + " " + shape_str(want));
-    std::vector<executorch::aten::SizesType> sizes(a.shape.begin(), a.shape.end());
-    tensors.push_back(executorch::extension::make_tensor_ptr(sizes, a.data.data(), a.dtype->type));
-    values.emplace_back(tensors.back());
+                    dtype_of(info->scalar_type()).descr + " " + shape_str(want) +
+                    (k > 0 ? " (every input must stack the same number of samples)" : ""));
+    num_samples = s;
+    wanted.push_back(want);
   }
+  // The program's inputs point into sample `s` of each array.
+  std::vector<executorch::extension::TensorPtr> tensors;
+  std::vector<EValue> values;
+  auto bind_sample = [&](int64_t s) {
+    tensors.clear();
+    values.clear();
+    for (size_t k = 0; k < arrays.size(); ++k) {
+      Array& a = arrays[k];
+      size_t sample_bytes = a.data.size() / static_cast<size_t>(num_samples);
+      std::vector<executorch::aten::SizesType> sizes(wanted[k].begin(), wanted[k].end());
+      tensors.push_back(executorch::extension::make_tensor_ptr(sizes, a.data.data() + s * sample_bytes,
+                                                               a.dtype->type));
+      values.emplace_back(tensors.back());
+    }
+  };
+  bind_sample(0);
 
   auto execute = [&]() {
     auto r = module.forward(values);
@@ -237,14 +270,47 @@ int run(int argc, char** argv) {
     samples.push_back(ms_since(t0));
   }
 
+  if (!etdump_path.empty()) {  // before the extra samples: the trace holds the timed runs only
+    auto* gen = static_cast<executorch::etdump::ETDumpGen*>(module.event_tracer());
+    auto dump = gen->get_etdump_data();
+    if (dump.buf == nullptr || dump.size == 0) throw Failure("the runtime recorded no ETDump events");
+    std::string tmp = etdump_path + ".partial";
+    {
+      std::ofstream f(tmp, std::ios::binary);
+      f.write(static_cast<const char*>(dump.buf), static_cast<std::streamsize>(dump.size));
+      if (!f) throw Failure("cannot write " + tmp);
+    }
+    std::free(dump.buf);
+    if (std::rename(tmp.c_str(), etdump_path.c_str()) != 0) throw Failure("cannot rename " + tmp);
+  }
+
+  // Outputs of every sample, stacked on the first axis: (S*B, ...).
+  std::vector<std::vector<uint8_t>> stacked(outputs.size());
+  auto keep = [&](const std::vector<EValue>& outs) {
+    for (size_t k = 0; k < outs.size(); ++k)
+      if (outs[k].isTensor()) {
+        const auto& t = outs[k].toTensor();
+        auto* p = static_cast<const uint8_t*>(t.const_data_ptr());
+        stacked[k].insert(stacked[k].end(), p, p + t.nbytes());
+      }
+  };
+  if (!output_dir.empty()) {
+    keep(outputs);
+    for (int64_t s = 1; s < num_samples; ++s) {
+      bind_sample(s);
+      keep(execute());
+    }
+  }
+
   std::string written = "[";
   for (size_t k = 0; k < outputs.size(); ++k) {
     if (!outputs[k].isTensor()) continue;
     if (output_dir.empty()) continue;
     const auto& t = outputs[k].toTensor();
     std::vector<int64_t> shape(t.sizes().begin(), t.sizes().end());
+    if (!shape.empty()) shape[0] *= num_samples;
     std::string path = output_dir + "/output_" + std::to_string(k) + ".npy";
-    write_npy(path, dtype_of(t.scalar_type()), shape, t.const_data_ptr(), t.nbytes());
+    write_npy(path, dtype_of(t.scalar_type()), shape, stacked[k].data(), stacked[k].size());
     written += std::string(written.size() > 1 ? ", " : "") + "\"" + json_escape(path) + "\"";
   }
   written += "]";
@@ -253,7 +319,7 @@ int run(int argc, char** argv) {
   js.precision(6);
   js << std::fixed << "{\"runner\": \"mobilevits-executorch\", \"format\": 1, \"model\": \"" << json_escape(model)
      << "\", \"threads\": " << threads << ", \"load_ms\": " << load_ms << ", \"first_inference_ms\": " << first_ms
-     << ", \"warmup\": " << warmup << ", \"samples_ms\": [";
+     << ", \"warmup\": " << warmup << ", \"inputs_stacked\": " << num_samples << ", \"samples_ms\": [";
   for (size_t i = 0; i < samples.size(); ++i) js << (i ? ", " : "") << samples[i];
 #if defined(__aarch64__)
   const char* arch = "aarch64";

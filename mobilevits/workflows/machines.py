@@ -1,0 +1,326 @@
+"""Machines the native runner runs on: this host, an emulated ARM CPU, an ARM Linux board over ssh.
+
+    with open_device("qemu-arm64:cortex-a53") as dev, NativeSession(dev, "m.pte") as s:
+        logits = s.run(x)                                  # (N, 3, R, R) -> (N, classes), one process
+        timing = s.time(x[:1], warmup=3, iterations=10)    # the runner's JSON (ms)
+
+Every device has the same small interface (push, pull, run, mkdir, info, close), like the adb device: the
+runner bundle (binary + lib/) and the program are pushed, the runner is run, its outputs pulled back.
+``qemu-arm64`` runs the aarch64 build of the runner under ``qemu-aarch64 -cpu CPU``: ARM kernels with ARM
+numerics, but emulated time (``emulated: True``), never a phone's.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import tempfile
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from converters import Session
+
+from .devices import DeviceError
+from .native import RunnerBundle, build_runner, parse_runner_output
+
+QEMU_SYSROOT = Path("/usr/aarch64-linux-gnu")  # Debian's libc6-arm64-cross (pulled by g++-aarch64-linux-gnu)
+QEMU_DEFAULT_CPU = "cortex-a76"  # Armv8.2 with dot product, like the big cores of 2019-2023 phones
+DEVICE_KINDS = ("host", "qemu-arm64", "ssh")
+
+
+class Device(ABC):
+    """A machine that runs the native runner: push files to it, run a command there, pull files back."""
+
+    spec: str = ""
+    emulated: bool = False
+    target: str = "host"  # the runner build it needs (native.TARGETS)
+
+    def __init__(self) -> None:
+        self._bundles: dict[str, str] = {}
+
+    @abstractmethod
+    def push(self, local: Path) -> str:
+        """Make ``local`` (file or folder) available on the device; returns its path there."""
+
+    @abstractmethod
+    def pull(self, remote: str, local: Path) -> None:
+        """Copy the device's file ``remote`` to ``local``."""
+
+    @abstractmethod
+    def run(self, argv: list[str], timeout: float = 1800.0) -> subprocess.CompletedProcess:
+        """Run ``argv`` on the device (text output, no check of the exit code)."""
+
+    @abstractmethod
+    def mkdir(self, name: str) -> str:
+        """A new empty folder in the device's work folder; returns its path there."""
+
+    @abstractmethod
+    def info(self) -> dict[str, Any]:
+        """What the device is (kind, arch, CPU), recorded with every result."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Remove what was pushed."""
+
+    def runner(self) -> str:
+        """Path on the device of the runner built for it (built and pushed once per device)."""
+        bundle = build_runner(self.target)
+        if bundle.key not in self._bundles:
+            self._bundles[bundle.key] = self._push_bundle(bundle)
+        return self._bundles[bundle.key]
+
+    def _push_bundle(self, bundle: RunnerBundle) -> str:
+        return self.push(bundle.folder) + "/runner"
+
+    def __enter__(self) -> Device:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _run(argv: list[str], timeout: float, what: str) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    except FileNotFoundError:
+        raise DeviceError(f"{argv[0]} not found ({what})") from None
+    except subprocess.TimeoutExpired:
+        raise DeviceError(f"`{shlex.join(argv[:4])} ...` did not finish in {timeout:.0f} s ({what})") from None
+
+
+class LocalDevice(Device):
+    """This host: files stay where they are; a private temporary folder holds outputs."""
+
+    spec = "host"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._work: Path | None = None
+
+    @property
+    def work(self) -> Path:
+        if self._work is None:
+            self._work = Path(tempfile.mkdtemp(prefix="mobilevits-device-"))
+        return self._work
+
+    def push(self, local: Path) -> str:
+        return str(Path(local).resolve())
+
+    def pull(self, remote: str, local: Path) -> None:
+        if Path(remote).resolve() != Path(local).resolve():
+            shutil.copyfile(remote, local)
+
+    def _prefix(self) -> list[str]:
+        return []
+
+    def run(self, argv: list[str], timeout: float = 1800.0) -> subprocess.CompletedProcess:
+        return _run([*self._prefix(), *argv], timeout, self.spec)
+
+    def mkdir(self, name: str) -> str:
+        p = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.work))
+        return str(p)
+
+    def info(self) -> dict[str, Any]:
+        return {"kind": "host", "arch": platform.machine(), "cpu": _host_cpu(), "emulated": False}
+
+    def close(self) -> None:
+        if self._work is not None:
+            shutil.rmtree(self._work, ignore_errors=True)
+            self._work = None
+
+
+def _host_cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def qemu_cpus() -> list[str]:
+    """CPU models this qemu-aarch64 emulates (``qemu-aarch64 -cpu help``)."""
+    p = _run(["qemu-aarch64", "-cpu", "help"], 60, "apt-get install qemu-user")
+    return [w for w in p.stdout.split() if w not in ("Available", "CPUs:")]
+
+
+class QemuArm64(LocalDevice):
+    """The aarch64 runner under ``qemu-aarch64 -cpu CPU`` (user-mode emulation, Debian's qemu-user).
+
+    XNNPACK picks its kernels from the CPU's features (HWCAP), so ``cortex-a53`` (no dot product),
+    ``cortex-a76`` (dot product) and ``max`` (i8mm, SVE, SME) run different int8 code paths.
+    """
+
+    emulated = True
+    target = "aarch64"
+
+    def __init__(self, cpu: str | None = None) -> None:
+        super().__init__()
+        if shutil.which("qemu-aarch64") is None:
+            raise DeviceError("qemu-arm64 needs qemu-aarch64: apt-get install qemu-user")
+        if not (QEMU_SYSROOT / "lib").is_dir():
+            raise DeviceError(f"qemu-arm64 needs the aarch64 C and C++ libraries in {QEMU_SYSROOT}: "
+                              "apt-get install g++-aarch64-linux-gnu")
+        self.cpu = cpu or QEMU_DEFAULT_CPU
+        # `max,sme=off`: a model name plus feature switches
+        known = qemu_cpus()
+        if self.cpu.split(",")[0] not in known:
+            raise DeviceError(f"qemu-aarch64 does not emulate CPU {self.cpu!r}: choose from {', '.join(known)}")
+        self.spec = f"qemu-arm64:{self.cpu}"
+
+    def _prefix(self) -> list[str]:
+        return ["qemu-aarch64", "-L", str(QEMU_SYSROOT), "-cpu", self.cpu]
+
+    def info(self) -> dict[str, Any]:
+        v = _run(["qemu-aarch64", "--version"], 60, "qemu-user").stdout.splitlines()
+        return {"kind": "qemu-arm64", "arch": "aarch64", "cpu": self.cpu, "emulated": True,
+                "emulator": v[0] if v else "qemu-aarch64"}
+
+
+class SshDevice(Device):
+    """An ARM Linux board (Raspberry Pi, Jetson, Graviton) or any Linux machine over ssh.
+
+    Key authentication only (``BatchMode``: never a password prompt); more ssh options from
+    ``$MOBILEVITS_SSH_OPTIONS`` (e.g. ``-i KEY -o StrictHostKeyChecking=accept-new``). Everything is
+    pushed into a ``mktemp -d`` folder on the board, removed on close.
+    """
+
+    def __init__(self, target: str) -> None:
+        super().__init__()
+        if not target:
+            raise DeviceError("--device ssh needs a host: ssh:[USER@]HOST[:PORT]")
+        host, _, port = target.partition(":")
+        if port and not port.isdigit():
+            raise DeviceError(f"bad port {port!r} in ssh:{target} (ssh:[USER@]HOST[:PORT])")
+        for tool in ("ssh", "scp"):
+            if shutil.which(tool) is None:
+                raise DeviceError(f"--device ssh needs {tool}: apt-get install openssh-client")
+        self.host, self.port, self.spec = host, port, f"ssh:{target}"
+        self.options = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=15",
+                        *shlex.split(os.environ.get("MOBILEVITS_SSH_OPTIONS", ""))]
+        self._remote_work: str | None = None
+        uname = self._ssh("uname -m", 60)
+        arch = uname.stdout.strip()
+        if uname.returncode != 0 or not arch:
+            last = (uname.stderr.strip().splitlines() or ["no answer"])[-1]
+            raise DeviceError(f"cannot reach {self.host} over ssh ({last}); key authentication is required "
+                              "(ssh-copy-id), extra options go in $MOBILEVITS_SSH_OPTIONS")
+        if arch == "aarch64":
+            self.target = "aarch64"
+        elif arch == platform.machine():
+            self.target = "host"  # same architecture as this host: the host build runs there
+        else:
+            raise DeviceError(f"{self.host} is {arch}: the native runner is built for aarch64 and "
+                              f"{platform.machine()} only")
+        self.arch = arch
+        made = self._ssh("mktemp -d /tmp/mobilevits.XXXXXX", 60)
+        if made.returncode != 0:
+            raise DeviceError(f"cannot create a work folder on {self.host}: {made.stderr.strip()}")
+        self._remote_work = made.stdout.strip()
+
+    def _ssh(self, command: str, timeout: float) -> subprocess.CompletedProcess:
+        port = ["-p", self.port] if self.port else []
+        return _run(["ssh", *self.options, *port, self.host, command], timeout, self.spec)
+
+    def _scp(self, src: str, dst: str, timeout: float = 900.0) -> None:
+        port = ["-P", self.port] if self.port else []
+        p = _run(["scp", "-q", "-r", *self.options, *port, src, dst], timeout, self.spec)
+        if p.returncode != 0:
+            raise DeviceError(f"scp {src} -> {dst} failed: {p.stderr.strip()}")
+
+    def push(self, local: Path) -> str:
+        remote = f"{self._remote_work}/{Path(local).name}"
+        self._scp(str(local), f"{self.host}:{remote}")
+        return remote
+
+    def pull(self, remote: str, local: Path) -> None:
+        self._scp(f"{self.host}:{remote}", str(local))
+
+    def run(self, argv: list[str], timeout: float = 1800.0) -> subprocess.CompletedProcess:
+        return self._ssh(shlex.join(argv), timeout)
+
+    def mkdir(self, name: str) -> str:
+        p = self._ssh(f"mktemp -d {self._remote_work}/{shlex.quote(name)}-XXXXXX", 60)
+        if p.returncode != 0:
+            raise DeviceError(f"cannot create a folder on {self.host}: {p.stderr.strip()}")
+        return p.stdout.strip()
+
+    def info(self) -> dict[str, Any]:
+        model = self._ssh("cat /proc/device-tree/model 2>/dev/null || uname -n", 60).stdout.strip("\x00\n ")
+        return {"kind": "ssh", "host": self.host, "arch": self.arch, "cpu": model, "emulated": False}
+
+    def close(self) -> None:
+        if self._remote_work:
+            self._ssh(f"rm -rf {shlex.quote(self._remote_work)}", 60)
+            self._remote_work = None
+
+
+def open_device(spec: str) -> Device:
+    """``host``, ``qemu-arm64[:CPU]`` or ``ssh:[USER@]HOST[:PORT]``."""
+    kind, _, ident = spec.partition(":")
+    if kind == "host" and not ident:
+        return LocalDevice()
+    if kind == "qemu-arm64":
+        return QemuArm64(ident or None)
+    if kind == "ssh":
+        return SshDevice(ident)
+    raise DeviceError(f"unknown device {spec!r}: host, qemu-arm64[:CPU] or ssh:[USER@]HOST[:PORT]")
+
+
+class NativeSession(Session):
+    """A .pte on a device through the native runner; each call is one runner process."""
+
+    def __init__(self, device: Device, pte: str | Path, threads: int = 1) -> None:
+        self.device, self.threads, self.pte = device, int(threads), Path(pte)
+        if not self.pte.is_file():
+            raise DeviceError(f"no such program: {self.pte}")
+        self.runner = device.runner()
+        self.model = device.push(self.pte)
+        self.runtime_version = f"executorch native runner on {device.spec}"
+        self.device_spec = device.spec
+
+    def invoke(self, x: np.ndarray, warmup: int = 0, iterations: int = 1, outputs: bool = True,
+               etdump: Path | None = None, timeout: float = 3600.0) -> dict[str, Any]:
+        """One runner process on ``x`` (samples stacked on the first axis); the runner's JSON plus
+        ``output`` (the first output, every sample) when ``outputs``."""
+        with tempfile.TemporaryDirectory(prefix="mobilevits-native-") as d:
+            inp = Path(d) / "input_0.npy"
+            np.save(inp, np.ascontiguousarray(x, dtype=np.float32))
+            out_dir = self.device.mkdir("out")
+            argv = [self.runner, "--model", self.model, "--input", self.device.push(inp), "--threads",
+                    str(self.threads), "--warmup", str(warmup), "--iterations", str(iterations)]
+            if outputs:
+                argv += ["--output-dir", out_dir]
+            if etdump is not None:
+                argv += ["--etdump", f"{out_dir}/trace.etdp"]
+            p = self.device.run(argv, timeout=timeout)
+            if p.returncode != 0:
+                err = next((ln for ln in p.stderr.splitlines() if ln.startswith("error:")),
+                           (p.stderr.strip().splitlines() or [f"exit {p.returncode}"])[-1])
+                raise DeviceError(f"native runner on {self.device.spec} failed on {self.pte.name}: {err}")
+            result = parse_runner_output(p.stdout)
+            paths = result.pop("outputs")
+            if outputs:
+                local = Path(d) / "output_0.npy"
+                self.device.pull(paths[0], local)
+                result["output"] = np.load(local)
+            if etdump is not None:
+                self.device.pull(f"{out_dir}/trace.etdp", Path(etdump))
+        return result
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.invoke(x)["output"]
+
+    def time(self, x: np.ndarray, warmup: int, iterations: int, etdump: Path | None = None) -> dict[str, Any]:
+        """Load, first inference, warm-up and timed runs of one input in one process (no outputs written)."""
+        return self.invoke(x, warmup=warmup, iterations=iterations, outputs=False, etdump=etdump)
+
+    def close(self) -> None:
+        pass

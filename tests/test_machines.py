@@ -1,0 +1,215 @@
+"""The native runner on other machines: qemu-arm64 (the aarch64 build, emulated), ssh (a real sshd on
+loopback), and per-op profiles from its ETDump."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from converters import check_artifact, get_converter, read_sidecar
+from mobilevits.workflows import native
+from mobilevits.workflows.bench import bench, format_table
+from mobilevits.workflows.devices import DeviceError
+from mobilevits.workflows.machines import LocalDevice, NativeSession, QemuArm64, open_device
+from mobilevits.workflows.profile import format_profile, profile_artifact, write_profile_plot
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mobilevits", *args], capture_output=True, text=True, timeout=900,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.fixture
+def qemu(needs):
+    needs("qemu-aarch64", "qemu-user")
+    needs("aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_check_on_qemu_arm64_passes_and_matches_the_host(qemu, artifact, precision):
+    """The ARM build of XNNPACK under an emulated Cortex-A76 computes what the host computes."""
+    pte = artifact("mobilevit_tiny", "executorch", precision)["artifact"]
+    host = check_artifact(pte, limit=3, show_progress=False)
+    p = _cli("check", pte, "--device", "qemu-arm64:cortex-a76", "--limit", "3", "--json")
+    assert p.returncode == 0, p.stderr[-2000:]
+    r = json.loads(p.stdout)
+    assert r["passed"] and r["runtime"] == "executorch native runner on qemu-arm64:cortex-a76"
+    assert r["device_info"]["arch"] == "aarch64" and r["device_info"]["emulated"] is True
+    # int8: the same integers as x86; fp32: ARM's kernels sum in another order (SQNR well above 100 dB)
+    if precision == "int8":
+        assert r["sqnr_db"] == pytest.approx(host["sqnr_db"], abs=1e-6)
+    else:
+        assert r["sqnr_db"] > 100 and host["sqnr_db"] > 100
+    # stored beside the host's check, not over it
+    meta = read_sidecar(pte)
+    assert meta["check"]["runtime"] == "executorch" and "qemu-arm64:cortex-a76" in meta["device_checks"]
+
+
+def test_check_on_qemu_fails_on_a_program_its_sidecar_does_not_describe(qemu, artifact, tmp_path):
+    """Broken input: the weights of another model behind the same sidecar must fail on ARM too."""
+    good = Path(artifact("mobilevit_tiny", "executorch", "fp32")["artifact"])
+    other = Path(artifact("mobilevit_tiny", "executorch", "fp32", seed=7)["artifact"])
+    pte = tmp_path / good.name
+    shutil.copy(other, pte)
+    shutil.copy(good.with_name(good.name + ".json"), tmp_path / (good.name + ".json"))
+    with open_device("qemu-arm64") as dev, NativeSession(dev, pte) as s:
+        r = check_artifact(pte, limit=2, show_progress=False, session=s)
+    assert not r["passed"] and r["sqnr_db"] < 20
+
+
+def test_qemu_output_equals_the_host_runner_and_bench_is_labelled_emulated(qemu, artifact, tmp_path):
+    pte = Path(artifact("mobilevit_tiny", "executorch", "int8")["artifact"])
+    x = np.random.default_rng(1).uniform(0, 1, (2, 3, 96, 96)).astype(np.float32)
+    with QemuArm64("cortex-a53") as dev, NativeSession(dev, pte) as s:
+        arm = s.run(x)
+    np.testing.assert_array_equal(arm, get_converter("executorch").run(pte, x))  # int8: the same integers
+    r = bench([pte], runtime="executorch", device="qemu-arm64:cortex-a53", warmup=0, iterations=2, cooldown=0,
+              out=tmp_path, log=lambda m: None)
+    cell = r["cells"][0]
+    assert cell["emulated"] is True and cell["route"] == "native-runner" and len(cell["samples_ms"]) == 2
+    assert r["device"]["cpu"] == "cortex-a53" and format_table(r).startswith("EMULATED qemu-arm64")
+    with pytest.raises(ValueError, match="times ExecuTorch programs"):
+        bench(models="mobilevit_tiny", runtime="torch", device="qemu-arm64", cooldown=0, out=tmp_path,
+              log=lambda m: None)
+
+
+def test_missing_qemu_cross_compiler_and_bad_cpu_are_one_line(tmp_path, monkeypatch, artifact, qemu):
+    pte = artifact("mobilevit_tiny", "executorch", "fp32")["artifact"]
+    p = _cli("check", pte, "--device", "qemu-arm64:pentium")
+    assert p.returncode == 2 and "does not emulate CPU 'pentium'" in p.stderr and "Traceback" not in p.stderr
+    p = _cli("check", pte, "--device", "qemu-arm64", env={"PATH": str(tmp_path)})  # no qemu on PATH
+    assert p.returncode == 2 and "apt-get install qemu-user" in p.stderr and "Traceback" not in p.stderr
+    monkeypatch.setenv("CXX_AARCH64", str(tmp_path / "no-such-g++"))
+    with pytest.raises(native.RuntimeUnavailableError, match="apt-get install g[+][+]-aarch64-linux-gnu"):
+        native.build_runner("aarch64")
+    p = _cli("check", pte.replace(".pte", ".tflite"), "--device", "qemu-arm64")
+    assert p.returncode == 2 and "runs ExecuTorch programs (.pte)" in p.stderr
+
+
+def test_aarch64_bundle_is_self_contained_and_cached(qemu):
+    bundle = native.build_runner("aarch64")
+    assert native.build_runner("aarch64") == bundle  # current: no rebuild
+    kind = subprocess.run(["file", "-b", str(bundle.binary)], capture_output=True, text=True).stdout \
+        if shutil.which("file") else "ARM aarch64"
+    assert "aarch64" in kind
+    assert all((bundle.lib_dir / f"lib{n}.so").is_file() for n in native.LIBS)
+
+
+# --------------------------------------------------------------------------------------------
+# profile
+# --------------------------------------------------------------------------------------------
+
+
+def test_profile_names_the_operators_and_the_int8_conversions(artifact, tmp_path):
+    pte = artifact("mobilevit_tiny", "executorch", "int8")["artifact"]
+    r = profile_artifact(pte, iterations=3, etdump=tmp_path / "t.etdp")
+    assert (tmp_path / "t.etdp").is_file() and not r["emulated"]
+    kinds = {k["kind"]: k for k in r["kinds"]}
+    # MobileViT int8: convolutions in int8, attention matmuls and softmax in fp32 (no int8 path), so Converts
+    assert any(k.startswith("Convolution (NHWC, QC8)") for k in kinds)
+    assert "Softmax (NC, F32)" in kinds and r["convert"]["count"] > 10
+    assert sum(k["ms"] for k in r["kinds"]) <= r["total_ms"] * 1.01
+    assert len(r["top"]) == 10 and r["top"][0]["ms"] >= r["top"][-1]["ms"]
+    text = format_profile(r)
+    assert "int8<->fp32 Convert:" in text and "top 10 single operators:" in text
+    assert write_profile_plot(r, tmp_path / "p.png").stat().st_size > 1000
+    fp32 = profile_artifact(artifact("mobilevit_tiny", "executorch", "fp32")["artifact"], iterations=2)
+    assert fp32["convert"]["count"] == 0 and not any("QC8" in k["kind"] for k in fp32["kinds"])
+
+
+def test_profile_cli_on_qemu_is_labelled_and_rejects_other_formats(qemu, artifact, tmp_path):
+    pte = artifact("mobilenetv3_tiny", "executorch", "int8")["artifact"]
+    p = _cli("profile", pte, "--device", "qemu-arm64", "--iterations", "2", "--warmup", "0", "--json")
+    assert p.returncode == 0, p.stderr[-2000:]
+    r = json.loads(p.stdout)
+    assert r["emulated"] and r["device"]["cpu"] == "cortex-a76" and r["operators"] > 0
+    p = _cli("profile", pte, "--device", "qemu-arm64", "--iterations", "2", "--warmup", "0")
+    assert p.returncode == 0 and "EMULATED qemu-arm64 CPU cortex-a76" in p.stdout
+    p = _cli("profile", str(tmp_path / "m.tflite"))
+    assert p.returncode == 2 and "profile reads ExecuTorch programs (.pte)" in p.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# ssh: a real sshd on 127.0.0.1, started and stopped here
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sshd(needs, tmp_path):
+    needs("ssh", "openssh-client")
+    exe = shutil.which("sshd") or ("/usr/sbin/sshd" if Path("/usr/sbin/sshd").is_file() else None)
+    if exe is None:  # /usr/sbin is not on every PATH
+        needs("sshd", "openssh-server")
+    if os.geteuid() != 0:
+        pytest.skip("the loopback sshd runs as root here (its privilege-separation folder is /run/sshd)")
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    for name in ("host", "client"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / name)], check=True)
+    (keys / "authorized_keys").write_text((keys / "client.pub").read_text())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([exe, "-D", "-e", "-p", str(port), "-o", "ListenAddress=127.0.0.1",
+                             "-h", str(keys / "host"), "-o", f"AuthorizedKeysFile={keys / 'authorized_keys'}",
+                             "-o", "StrictModes=no", "-o", "UsePAM=no", "-o", "PidFile=none",
+                             "-o", "PermitRootLogin=prohibit-password", "-o", "Subsystem=sftp internal-sftp",
+                             "-f", "/dev/null"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        if proc.poll() is not None:
+            pytest.fail(f"sshd exited: {proc.stdout.read()}")
+        time.sleep(0.1)
+    options = (f"-i {keys / 'client'} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
+               "-o LogLevel=ERROR")
+    yield {"spec": f"ssh:root@127.0.0.1:{port}", "options": options}
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_ssh_device_runs_the_program_like_the_host_and_cleans_up(sshd, artifact, tmp_path, monkeypatch):
+    monkeypatch.setenv("MOBILEVITS_SSH_OPTIONS", sshd["options"])
+    pte = Path(artifact("mobilenetv3_tiny", "executorch", "int8")["artifact"])
+    x = np.random.default_rng(2).uniform(0, 1, (2, 3, 96, 96)).astype(np.float32)
+    with open_device(sshd["spec"]) as dev:
+        work = dev._remote_work
+        assert dev.info()["kind"] == "ssh" and dev.target == "host"  # loopback: the host build
+        with NativeSession(dev, pte) as s:
+            out = s.run(x)
+        r = bench([pte], runtime="executorch", device=sshd["spec"], warmup=0, iterations=2, cooldown=0,
+                  out=tmp_path, log=lambda m: None)
+    np.testing.assert_array_equal(out, get_converter("executorch").run(pte, x))
+    assert r["cells"][0]["emulated"] is False and len(r["cells"][0]["samples_ms"]) == 2
+    assert not Path(work).exists()  # the board's work folder went with close (loopback: same file system)
+    p = _cli("check", str(pte), "--device", sshd["spec"], "--limit", "2", "--json",
+             env={"MOBILEVITS_SSH_OPTIONS": sshd["options"]})
+    assert p.returncode == 0 and json.loads(p.stdout)["passed"], p.stderr[-1500:]
+
+
+def test_ssh_without_a_key_is_one_line(sshd, artifact, tmp_path):
+    pte = artifact("mobilenetv3_tiny", "executorch", "fp32")["artifact"]
+    p = _cli("check", pte, "--device", sshd["spec"],
+             env={"MOBILEVITS_SSH_OPTIONS": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
+                                            f"-o IdentityFile={tmp_path / 'none'} -o IdentitiesOnly=yes"})
+    assert p.returncode == 2 and "cannot reach root@127.0.0.1 over ssh" in p.stderr and "Traceback" not in p.stderr
+    with pytest.raises(DeviceError, match="unknown device"):
+        open_device("telnet:board")
+
+
+def test_local_device_is_the_host():
+    with LocalDevice() as dev:
+        assert dev.info()["kind"] == "host" and not dev.emulated
