@@ -77,7 +77,7 @@ def test_qemu_output_equals_the_host_runner_and_bench_is_labelled_emulated(qemu,
     cell = r["cells"][0]
     assert cell["emulated"] is True and cell["route"] == "native-runner" and len(cell["samples_ms"]) == 2
     assert r["device"]["cpu"] == "cortex-a53" and format_table(r).startswith("EMULATED qemu-arm64")
-    with pytest.raises(ValueError, match="times ExecuTorch programs"):
+    with pytest.raises(ValueError, match="times .pte .native runner. and .tflite"):
         bench(models="mobilevit_tiny", runtime="torch", device="qemu-arm64", cooldown=0, out=tmp_path,
               log=lambda m: None)
 
@@ -93,6 +93,26 @@ def test_missing_qemu_cross_compiler_and_bad_cpu_are_one_line(tmp_path, monkeypa
         native.build_runner("aarch64")
     p = _cli("check", pte.replace(".pte", ".tflite"), "--device", "qemu-arm64")
     assert p.returncode == 2 and "runs ExecuTorch programs (.pte)" in p.stderr
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_tflite_on_qemu_arm64_through_debian_arm64_python(qemu, needs, artifact, tmp_path, precision):
+    """tflite-runtime's aarch64 wheel in Debian's arm64 python3.11 under qemu: same check, same rules."""
+    needs("apt-get", "apt")
+    tfl = artifact("mobilevit_tiny", "tflite", precision)["artifact"]
+    host = check_artifact(tfl, limit=2, show_progress=False)
+    p = _cli("check", tfl, "--device", "qemu-arm64", "--limit", "2", "--json")
+    assert p.returncode == 0, p.stderr[-2000:]
+    r = json.loads(p.stdout)
+    assert r["passed"] and r["runtime"] == "tflite-runtime on qemu-arm64:cortex-a76"
+    if precision == "int8":  # tflite-runtime 2.14 on ARM, ai-edge-litert 2.3 here: other kernels, same rule
+        assert r["sqnr_db"] > 30 and host["sqnr_db"] > 30
+    else:
+        assert r["sqnr_db"] > 60 and host["sqnr_db"] > 60
+    if precision == "int8":
+        b = bench([tfl], runtime="tflite", device="qemu-arm64", warmup=0, iterations=2, cooldown=0,
+                  out=tmp_path, log=lambda m: None)
+        assert b["cells"][0]["emulated"] and b["cells"][0]["runtime_version"].startswith("tflite-runtime on qemu")
 
 
 def test_aarch64_bundle_is_self_contained_and_cached(qemu):

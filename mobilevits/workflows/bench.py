@@ -392,10 +392,10 @@ def bench(
         raise ValueError(f"{', '.join(NATIVE)} runs on the host, qemu-arm64 and ssh devices")
     base_cells = _artifact_cells(artifacts or [], runtimes if artifacts else [])
     if kind in MACHINES:
-        bad_rt = sorted(({c["runtime"] for c in base_cells} | set(runtimes)) - {"executorch", *NATIVE})
+        bad_rt = sorted(({c["runtime"] for c in base_cells} | set(runtimes)) - {"executorch", "tflite", *NATIVE})
         if bad_rt:
             dev_ctx["machine"].close()
-            raise ValueError(f"{kind} times ExecuTorch programs (.pte) through the native runner, not "
+            raise ValueError(f"{kind} times .pte (native runner) and .tflite (tflite-runtime, aarch64) files, not "
                              f"{', '.join(bad_rt)}")
     if kind == "adb":
         bad_art = [c["artifact"].name for c in base_cells if c["runtime"] not in ("executorch", "tflite")]

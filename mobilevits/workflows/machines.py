@@ -27,7 +27,7 @@ import numpy as np
 from converters import Session
 
 from .devices import DeviceError
-from .native import RunnerBundle, build_runner, parse_runner_output
+from .native import TfliteBundle, build_runner, build_tflite_env, parse_runner_output
 
 QEMU_SYSROOT = Path("/usr/aarch64-linux-gnu")  # Debian's libc6-arm64-cross (pulled by g++-aarch64-linux-gnu)
 QEMU_DEFAULT_CPU = "cortex-a76"  # Armv8.2 with dot product, like the big cores of 2019-2023 phones
@@ -53,8 +53,9 @@ class Device(ABC):
         """Copy the device's file ``remote`` to ``local``."""
 
     @abstractmethod
-    def run(self, argv: list[str], timeout: float = 1800.0) -> subprocess.CompletedProcess:
-        """Run ``argv`` on the device (text output, no check of the exit code)."""
+    def run(self, argv: list[str], timeout: float = 1800.0, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess:
+        """Run ``argv`` on the device with ``env`` added to its environment (text output, exit code not checked)."""
 
     @abstractmethod
     def mkdir(self, name: str) -> str:
@@ -68,15 +69,23 @@ class Device(ABC):
     def close(self) -> None:
         """Remove what was pushed."""
 
-    def runner(self) -> str:
-        """Path on the device of the runner built for it (built and pushed once per device)."""
-        bundle = build_runner(self.target)
-        if bundle.key not in self._bundles:
-            self._bundles[bundle.key] = self._push_bundle(bundle)
-        return self._bundles[bundle.key]
-
-    def _push_bundle(self, bundle: RunnerBundle) -> str:
-        return self.push(bundle.folder) + "/runner"
+    def runner(self, suffix: str = ".pte") -> tuple[list[str], dict[str, str]]:
+        """argv prefix and environment of the runner for ``suffix`` (.pte: the native runner; .tflite: the
+        TFLite script in Debian's arm64 Python, aarch64 only), built and pushed once per device."""
+        if suffix == ".pte":
+            bundle = build_runner(self.target)
+            if bundle.key not in self._bundles:
+                self._bundles[bundle.key] = self.push(bundle.folder)
+            return [self._bundles[bundle.key] + "/runner"], {}
+        if suffix == ".tflite":
+            if self.target != "aarch64":
+                raise DeviceError(f"{self.spec} runs .tflite files on aarch64 only (tflite-runtime's aarch64 "
+                                  "wheel); on this host, check them without --device")
+            tfl = build_tflite_env(self.target)
+            if tfl.key not in self._bundles:
+                self._bundles[tfl.key] = self.push(tfl.folder)
+            return TfliteBundle.command(self._bundles[tfl.key])
+        raise DeviceError(f"{self.spec} runs .pte and .tflite files, not {suffix or 'this file'}")
 
     def __enter__(self) -> Device:
         return self
@@ -85,9 +94,11 @@ class Device(ABC):
         self.close()
 
 
-def _run(argv: list[str], timeout: float, what: str) -> subprocess.CompletedProcess:
+def _run(argv: list[str], timeout: float, what: str, env: dict[str, str] | None = None
+         ) -> subprocess.CompletedProcess:
     try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False,
+                              env={**os.environ, **env} if env else None)
     except FileNotFoundError:
         raise DeviceError(f"{argv[0]} not found ({what})") from None
     except subprocess.TimeoutExpired:
@@ -116,11 +127,12 @@ class LocalDevice(Device):
         if Path(remote).resolve() != Path(local).resolve():
             shutil.copyfile(remote, local)
 
-    def _prefix(self) -> list[str]:
+    def _prefix(self, env: dict[str, str]) -> list[str]:
         return []
 
-    def run(self, argv: list[str], timeout: float = 1800.0) -> subprocess.CompletedProcess:
-        return _run([*self._prefix(), *argv], timeout, self.spec)
+    def run(self, argv: list[str], timeout: float = 1800.0, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess:
+        return _run([*self._prefix(env or {}), *argv], timeout, self.spec, env=None if self.emulated else env)
 
     def mkdir(self, name: str) -> str:
         p = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.work))
@@ -175,8 +187,11 @@ class QemuArm64(LocalDevice):
             raise DeviceError(f"qemu-aarch64 does not emulate CPU {self.cpu!r}: choose from {', '.join(known)}")
         self.spec = f"qemu-arm64:{self.cpu}"
 
-    def _prefix(self) -> list[str]:
-        return ["qemu-aarch64", "-L", str(QEMU_SYSROOT), "-cpu", self.cpu]
+    def _prefix(self, env: dict[str, str]) -> list[str]:
+        # the guest's environment goes through -E: set on qemu's own process, LD_LIBRARY_PATH would
+        # point the host's loader at aarch64 libraries
+        sets = [a for k, v in env.items() for a in ("-E", f"{k}={v}")]
+        return ["qemu-aarch64", "-L", str(QEMU_SYSROOT), "-cpu", self.cpu, *sets]
 
     def info(self) -> dict[str, Any]:
         v = _run(["qemu-aarch64", "--version"], 60, "qemu-user").stdout.splitlines()
@@ -243,8 +258,10 @@ class SshDevice(Device):
     def pull(self, remote: str, local: Path) -> None:
         self._scp(f"{self.host}:{remote}", str(local))
 
-    def run(self, argv: list[str], timeout: float = 1800.0) -> subprocess.CompletedProcess:
-        return self._ssh(shlex.join(argv), timeout)
+    def run(self, argv: list[str], timeout: float = 1800.0, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess:
+        sets = ["env", *(f"{k}={v}" for k, v in env.items())] if env else []
+        return self._ssh(shlex.join([*sets, *argv]), timeout)
 
     def mkdir(self, name: str) -> str:
         p = self._ssh(f"mktemp -d {self._remote_work}/{shlex.quote(name)}-XXXXXX", 60)
@@ -275,15 +292,16 @@ def open_device(spec: str) -> Device:
 
 
 class NativeSession(Session):
-    """A .pte on a device through the native runner; each call is one runner process."""
+    """A .pte (native runner) or .tflite (TFLite runner, aarch64) on a device; each call is one process."""
 
-    def __init__(self, device: Device, pte: str | Path, threads: int = 1) -> None:
-        self.device, self.threads, self.pte = device, int(threads), Path(pte)
+    def __init__(self, device: Device, artifact: str | Path, threads: int = 1) -> None:
+        self.device, self.threads, self.pte = device, int(threads), Path(artifact)
         if not self.pte.is_file():
             raise DeviceError(f"no such program: {self.pte}")
-        self.runner = device.runner()
+        self.command, self.env = device.runner(self.pte.suffix)
         self.model = device.push(self.pte)
-        self.runtime_version = f"executorch native runner on {device.spec}"
+        what = "executorch native runner" if self.pte.suffix == ".pte" else "tflite-runtime"
+        self.runtime_version = f"{what} on {device.spec}"
         self.device_spec = device.spec
 
     def invoke(self, x: np.ndarray, warmup: int = 0, iterations: int = 1, outputs: bool = True,
@@ -294,13 +312,13 @@ class NativeSession(Session):
             inp = Path(d) / "input_0.npy"
             np.save(inp, np.ascontiguousarray(x, dtype=np.float32))
             out_dir = self.device.mkdir("out")
-            argv = [self.runner, "--model", self.model, "--input", self.device.push(inp), "--threads",
+            argv = [*self.command, "--model", self.model, "--input", self.device.push(inp), "--threads",
                     str(self.threads), "--warmup", str(warmup), "--iterations", str(iterations)]
             if outputs:
                 argv += ["--output-dir", out_dir]
             if etdump is not None:
                 argv += ["--etdump", f"{out_dir}/trace.etdp"]
-            p = self.device.run(argv, timeout=timeout)
+            p = self.device.run(argv, timeout=timeout, env=self.env)
             if p.returncode != 0:
                 err = next((ln for ln in p.stderr.splitlines() if ln.startswith("error:")),
                            (p.stderr.strip().splitlines() or [f"exit {p.returncode}"])[-1])

@@ -187,3 +187,101 @@ def parse_runner_output(stdout: str) -> dict[str, Any]:
         if line.startswith("{"):
             return json.loads(line)
     raise RuntimeError(f"the native runner printed no result: {stdout.strip()[-300:]!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# TFLite on aarch64: Debian's arm64 Python + tflite-runtime's aarch64 wheel, run by runner_src/tflite
+# --------------------------------------------------------------------------------------------
+
+TFLITE_SRC = Path(__file__).resolve().parent / "runner_src" / "tflite" / "run_tflite.py"
+# tflite-runtime's last aarch64 wheel is 2.14.0 (numpy 1.x; ai-edge-litert has no Linux aarch64 wheel for
+# the Python of Debian 12). Debian 12's arm64 python3.11 and the libraries its extension modules load.
+TFLITE_WHEELS = ("tflite-runtime==2.14.0", "numpy==1.26.4")
+ARM64_DEBS = ("python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib", "libexpat1", "zlib1g",
+              "libffi8", "libssl3", "libbz2-1.0", "liblzma5", "libuuid1")
+DEBIAN_MIRROR = os.environ.get("MOBILEVITS_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+DEBIAN_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
+
+
+@dataclass(frozen=True)
+class TfliteBundle:
+    """``python/`` (Debian's arm64 python3.11 unpacked), ``site/`` (numpy, tflite_runtime), ``run_tflite.py``."""
+
+    folder: Path
+    key: str
+
+    @staticmethod
+    def command(folder: str) -> tuple[list[str], dict[str, str]]:
+        """argv prefix and environment that run the script from the bundle at ``folder`` on the device."""
+        env = {"PYTHONHOME": f"{folder}/python/usr", "PYTHONPATH": f"{folder}/site", "PYTHONNOUSERSITE": "1",
+               "LD_LIBRARY_PATH": f"{folder}/python/usr/lib/aarch64-linux-gnu:{folder}/python/lib/aarch64-linux-gnu"}
+        return [f"{folder}/python/usr/bin/python3.11", f"{folder}/run_tflite.py"], env
+
+
+def _apt_download(packages: tuple[str, ...], dest: Path) -> None:
+    """Download Debian 12 arm64 packages with a private apt state: nothing is installed and no foreign
+    architecture is added to the host's dpkg."""
+    if shutil.which("apt-get") is None or not DEBIAN_KEYRING.is_file():
+        raise RuntimeUnavailableError("TFLite on aarch64 fetches Debian's arm64 python3.11 with apt-get: run on a "
+                                      "Debian or Ubuntu host (apt-get install debian-archive-keyring)")
+    state = dest / "apt"
+    for d in ("state/lists/partial", "cache/archives/partial", "etc/preferences.d"):
+        (state / d).mkdir(parents=True, exist_ok=True)
+    sources = state / "etc/sources.list"
+    sources.write_text("".join(f"deb [arch=arm64 signed-by={DEBIAN_KEYRING}] {url} {suite} main\n" for url, suite in
+                               ((DEBIAN_MIRROR, "bookworm"), (DEBIAN_MIRROR + "-security", "bookworm-security"))))
+    opts = ["-o", "APT::Architecture=arm64", "-o", "APT::Architectures=arm64", "-o", f"Dir::State={state}/state",
+            "-o", "Dir::State::status=/dev/null", "-o", f"Dir::Cache={state}/cache", "-o",
+            f"Dir::Etc::SourceList={sources}", "-o", "Dir::Etc::SourceParts=/nonexistent", "-o",
+            f"Dir::Etc::PreferencesParts={state}/etc/preferences.d", "-o", "APT::Sandbox::User=root"]
+    for args in (["update"], ["download", *packages]):
+        p = subprocess.run(["apt-get", "-qq", *opts, *args], capture_output=True, text=True, cwd=dest, check=False)
+        if p.returncode != 0:
+            last = (p.stderr.strip().splitlines() or ["failed"])[-1]
+            raise RuntimeUnavailableError(f"apt-get {args[0]} of Debian's arm64 packages failed ({last}); the "
+                                          f"mirror is {DEBIAN_MIRROR} ($MOBILEVITS_DEBIAN_MIRROR)")
+
+
+def build_tflite_env(target: str = "aarch64", force: bool = False, log: Any = None) -> TfliteBundle:
+    """The aarch64 TFLite environment in the cache (about 30 MB), fetched once from Debian and PyPI."""
+    if target != "aarch64":
+        raise ValueError("the TFLite runner environment is built for aarch64 only (the host runs .tflite in "
+                         "its own Python)")
+    h = hashlib.sha256(TFLITE_SRC.read_bytes())
+    h.update(repr((TFLITE_WHEELS, ARM64_DEBS, DEBIAN_MIRROR)).encode())
+    key = h.hexdigest()[:16]
+    bundle = TfliteBundle(cache_dir() / "runners" / f"tflite-{target}-{key}", key)
+    if (bundle.folder / "run_tflite.py").is_file() and not force:
+        return bundle
+    if shutil.which("dpkg-deb") is None:
+        raise RuntimeUnavailableError("TFLite on aarch64 unpacks Debian packages: apt-get install dpkg")
+    bundle.folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = bundle.folder.with_name(bundle.folder.name + f".{os.getpid()}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "debs").mkdir(parents=True)
+    if log:
+        log("fetching Debian's arm64 python3.11 and tflite-runtime's aarch64 wheel")
+    _apt_download(ARM64_DEBS, tmp / "debs")
+    for deb in sorted((tmp / "debs").glob("*.deb")):
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp / "python")], check=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "--platform",
+           "manylinux_2_34_aarch64", "--platform", "manylinux_2_17_aarch64", "--python-version", "3.11",
+           "--implementation", "cp", *TFLITE_WHEELS, "-d", str(tmp / "wheels")]
+    p = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if p.returncode != 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RuntimeUnavailableError(f"cannot download {', '.join(TFLITE_WHEELS)} for aarch64: "
+                                      f"{(p.stderr.strip().splitlines() or ['pip failed'])[-1]}")
+    for whl in sorted((tmp / "wheels").glob("*.whl")):
+        with zipfile.ZipFile(whl) as z:
+            z.extractall(tmp / "site")
+    shutil.copy2(TFLITE_SRC, tmp / "run_tflite.py")
+    for junk in ("debs", "wheels"):
+        shutil.rmtree(tmp / junk)
+    if force:
+        shutil.rmtree(bundle.folder, ignore_errors=True)
+    try:
+        os.replace(tmp, bundle.folder)
+    except OSError:  # a concurrent build finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return bundle
