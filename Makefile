@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 # Debian packages for the native runner on the host and on ARM: the host and cross compilers, qemu-user
 # (emulated aarch64), valgrind (instruction counts) and OpenSSH (the ssh device and its loopback test).
 # Outside CI the tests that need one skip naming it; under CI (CI=true) they fail.
-SYSTEM_DEPS := g++ g++-aarch64-linux-gnu qemu-user openssh-client openssh-server
+SYSTEM_DEPS := g++ g++-aarch64-linux-gnu qemu-user valgrind openssh-client openssh-server
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(BIN)/python:

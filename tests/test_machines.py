@@ -146,6 +146,17 @@ def test_profile_names_the_operators_and_the_int8_conversions(artifact, tmp_path
     assert fp32["convert"]["count"] == 0 and not any("QC8" in k["kind"] for k in fp32["kinds"])
 
 
+def test_instruction_counts_repeat_whatever_the_machine_does(needs, artifact):
+    needs("valgrind", "valgrind")
+    from mobilevits.workflows.profile import count_instructions
+
+    pte = artifact("mobilenetv3_tiny", "executorch", "fp32")["artifact"]
+    a, b = count_instructions(pte), count_instructions(pte)
+    assert a["instructions_per_forward"] > 1e5
+    # not bit-equal: the thread pool and allocator take slightly different paths run to run
+    assert abs(a["instructions_per_forward"] - b["instructions_per_forward"]) < 0.005 * a["instructions_per_forward"]
+
+
 def test_profile_cli_on_qemu_is_labelled_and_rejects_other_formats(qemu, artifact, tmp_path):
     pte = artifact("mobilenetv3_tiny", "executorch", "int8")["artifact"]
     p = _cli("profile", pte, "--device", "qemu-arm64", "--iterations", "2", "--warmup", "0", "--json")

@@ -140,6 +140,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
     result = profile_artifact(args.artifact, device=args.device, threads=args.threads, warmup=args.warmup,
                               iterations=args.iterations, etdump=args.etdump)
+    if args.instructions:
+        from .profile import count_instructions
+
+        result["instructions"] = count_instructions(args.artifact, threads=args.threads)
     if args.plot:
         result["plot"] = str(write_profile_plot(result, args.plot))
     print(to_json(result) if args.json else format_profile(result))
@@ -434,6 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--warmup", type=_non_negative_int, default=2)
     s.add_argument("--iterations", type=_positive_int, default=5)
     s.add_argument("--etdump", help="also keep the ETDump at this path")
+    s.add_argument("--instructions", action="store_true",
+                   help="also count instructions per forward under valgrind (host build; repeatable, load-proof)")
     s.add_argument("--plot", help="write a PNG of the slowest operator kinds")
     s.add_argument("--json", action="store_true", help="print one JSON object for machines")
     s.set_defaults(func=cmd_profile)

@@ -12,7 +12,9 @@ int8 <-> fp32 conversions around ops that have no int8 kernel: their count and s
 from __future__ import annotations
 
 import re
+import shutil
 import statistics
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -100,6 +102,36 @@ def profile_artifact(artifact: str | Path, device: str = "host", threads: int = 
             "etdump": str(etdump) if etdump else None, **summary}
 
 
+def count_instructions(artifact: str | Path, threads: int = 1, seed: int = 0) -> dict[str, Any]:
+    """Instructions retired per forward by the host build of the runner, counted by valgrind (callgrind):
+    a cost figure that machine load cannot move. Two runs (1 and 3 timed forwards) cancel the load and
+    the first inference: per forward = (I3 - I1) / 2."""
+    from converters import RuntimeUnavailableError, read_sidecar
+
+    from .native import build_runner
+
+    if shutil.which("valgrind") is None:
+        raise RuntimeUnavailableError("--instructions counts with valgrind: apt-get install valgrind")
+    artifact = Path(artifact)
+    meta = read_sidecar(artifact)
+    bundle = build_runner("host")
+    x = np.random.default_rng(seed).random(tuple(meta["input"]["shape"]), dtype=np.float32)
+    counts = {}
+    with tempfile.TemporaryDirectory(prefix="mobilevits-instr-") as d:
+        np.save(Path(d) / "x.npy", x)
+        for n in (1, 3):
+            p = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", str(bundle.binary),
+                                "--model", str(artifact), "--input", str(Path(d) / "x.npy"), "--threads", str(threads),
+                                "--warmup", "0", "--iterations", str(n)], capture_output=True, text=True,
+                               timeout=3600, check=False)
+            m = re.search(r"Collected : (\d+)", p.stderr)
+            if p.returncode != 0 or m is None:
+                raise RuntimeError(f"valgrind run of the native runner failed: {p.stderr.strip()[-300:]}")
+            counts[n] = int(m.group(1))
+    return {"instructions_per_forward": (counts[3] - counts[1]) / 2, "instructions_load_and_first": counts[1],
+            "arch": bundle.target, "tool": "valgrind --tool=callgrind (host build)"}
+
+
 def format_profile(r: dict[str, Any], rows: int = 15) -> str:
     """Tables for people: operator kinds by time, the 10 slowest single ops, what runs outside XNNPACK."""
     dev = r["device"]
@@ -119,6 +151,9 @@ def format_profile(r: dict[str, Any], rows: int = 15) -> str:
         rest = r["kinds"][rows:]
         lines.append(f"{f'... {len(rest)} more kinds':<52} {sum(k['count'] for k in rest):>5} "
                      f"{sum(k['ms'] for k in rest):>9.3f} {100 * sum(k['share'] for k in rest):>5.1f}%")
+    if r.get("instructions"):
+        lines.insert(1, f"instructions per forward (valgrind, host build): "
+                        f"{r['instructions']['instructions_per_forward'] / 1e6:.1f} M")
     lines += ["", "top 10 single operators:"]
     for o in r["top"]:
         lines.append(f"  {o['name'][:60]:<60} {o['ms']:>9.3f} ms {100 * o['share']:>5.1f}%")
