@@ -115,6 +115,18 @@ def test_tflite_on_qemu_arm64_through_debian_arm64_python(qemu, needs, artifact,
         assert b["cells"][0]["emulated"] and b["cells"][0]["runtime_version"].startswith("tflite-runtime on qemu")
 
 
+def test_sme_on_an_old_qemu_is_refused_with_the_way_out(qemu, monkeypatch):
+    """qemu 7.2 computes XNNPACK's SME int8 kernels wrongly (measured): `max` must not pass for an ARM check."""
+    from mobilevits.workflows import machines
+
+    monkeypatch.setattr(machines, "qemu_version", lambda: (7, 2))
+    with pytest.raises(DeviceError, match=r"use qemu-arm64:max,sme=off, or a qemu-aarch64 >= 10"):
+        QemuArm64("max")
+    assert QemuArm64("max,sme=off").cpu == "max,sme=off" and QemuArm64("cortex-a53").cpu == "cortex-a53"
+    monkeypatch.setattr(machines, "qemu_version", lambda: (10, 0))
+    assert QemuArm64("max").cpu == "max"
+
+
 def test_aarch64_bundle_is_self_contained_and_cached(qemu):
     bundle = native.build_runner("aarch64")
     assert native.build_runner("aarch64") == bundle  # current: no rebuild

@@ -30,7 +30,11 @@ from .devices import DeviceError
 from .native import TfliteBundle, build_runner, build_tflite_env, parse_runner_output
 
 QEMU_SYSROOT = Path("/usr/aarch64-linux-gnu")  # Debian's libc6-arm64-cross (pulled by g++-aarch64-linux-gnu)
-QEMU_DEFAULT_CPU = "cortex-a76"  # Armv8.2 with dot product, like the big cores of 2019-2023 phones
+QEMU_DEFAULT_CPU = "cortex-a76"
+# qemu 7.2 (Debian 12) emulates the SME instructions of XNNPACK's packed-LHS int8 kernels wrongly: on
+# `-cpu max` every int8 model came out wrong (3-11 dB) while qemu 10.0.2 gave the host's output bit for bit
+# (BENCHMARKS.md). Versions in between are untested, so SME needs qemu >= 10.
+QEMU_SME_MIN_VERSION = (10, 0)  # Armv8.2 with dot product, like the big cores of 2019-2023 phones
 DEVICE_KINDS = ("host", "qemu-arm64", "ssh")
 
 
@@ -157,10 +161,24 @@ def _host_cpu() -> str:
     return platform.processor() or platform.machine()
 
 
+def qemu_binary() -> str:
+    """``$MOBILEVITS_QEMU`` (e.g. a newer qemu-aarch64 than the distribution's), else ``qemu-aarch64``."""
+    return os.environ.get("MOBILEVITS_QEMU") or "qemu-aarch64"
+
+
 def qemu_cpus() -> list[str]:
     """CPU models this qemu-aarch64 emulates (``qemu-aarch64 -cpu help``)."""
-    p = _run(["qemu-aarch64", "-cpu", "help"], 60, "apt-get install qemu-user")
+    p = _run([qemu_binary(), "-cpu", "help"], 60, "apt-get install qemu-user")
     return [w for w in p.stdout.split() if w not in ("Available", "CPUs:")]
+
+
+def qemu_version() -> tuple[int, ...]:
+    """(major, minor, ...) of the qemu-aarch64 in use."""
+    import re
+
+    first = _run([qemu_binary(), "--version"], 60, "apt-get install qemu-user").stdout
+    m = re.search(r"version (\d+)\.(\d+)", first)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
 
 class QemuArm64(LocalDevice):
@@ -175,8 +193,9 @@ class QemuArm64(LocalDevice):
 
     def __init__(self, cpu: str | None = None) -> None:
         super().__init__()
-        if shutil.which("qemu-aarch64") is None:
-            raise DeviceError("qemu-arm64 needs qemu-aarch64: apt-get install qemu-user")
+        self.qemu = qemu_binary()
+        if shutil.which(self.qemu) is None:
+            raise DeviceError(f"qemu-arm64 needs {self.qemu}: apt-get install qemu-user (or set $MOBILEVITS_QEMU)")
         if not (QEMU_SYSROOT / "lib").is_dir():
             raise DeviceError(f"qemu-arm64 needs the aarch64 C and C++ libraries in {QEMU_SYSROOT}: "
                               "apt-get install g++-aarch64-linux-gnu")
@@ -185,16 +204,22 @@ class QemuArm64(LocalDevice):
         known = qemu_cpus()
         if self.cpu.split(",")[0] not in known:
             raise DeviceError(f"qemu-aarch64 does not emulate CPU {self.cpu!r}: choose from {', '.join(known)}")
+        version = qemu_version()
+        sme = self.cpu.split(",")[0] == "max" and "sme=off" not in self.cpu.split(",")[1:]
+        if sme and version < QEMU_SME_MIN_VERSION:
+            raise DeviceError(f"qemu {'.'.join(map(str, version))} computes the SME int8 kernels XNNPACK picks on "
+                              f"-cpu max wrongly (measured: 3-11 dB vs the host's output, right on qemu 10.0.2): use "
+                              f"qemu-arm64:max,sme=off, or a qemu-aarch64 >= 10 in $MOBILEVITS_QEMU")
         self.spec = f"qemu-arm64:{self.cpu}"
 
     def _prefix(self, env: dict[str, str]) -> list[str]:
         # the guest's environment goes through -E: set on qemu's own process, LD_LIBRARY_PATH would
         # point the host's loader at aarch64 libraries
         sets = [a for k, v in env.items() for a in ("-E", f"{k}={v}")]
-        return ["qemu-aarch64", "-L", str(QEMU_SYSROOT), "-cpu", self.cpu, *sets]
+        return [self.qemu, "-L", str(QEMU_SYSROOT), "-cpu", self.cpu, *sets]
 
     def info(self) -> dict[str, Any]:
-        v = _run(["qemu-aarch64", "--version"], 60, "qemu-user").stdout.splitlines()
+        v = _run([self.qemu, "--version"], 60, "qemu-user").stdout.splitlines()
         return {"kind": "qemu-arm64", "arch": "aarch64", "cpu": self.cpu, "emulated": True,
                 "emulator": v[0] if v else "qemu-aarch64"}
 
