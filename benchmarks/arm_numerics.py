@@ -8,7 +8,8 @@ Python runtime and on ``qemu-arm64:CPU`` for each CPU (the native runner; tflite
 arm64 Python for .tflite), on the same photos. Reports the check's
 SQNR against the reference (float source, or the quantised graph for int8) and pass/fail by the same
 rules, plus the SQNR of the ARM output against the host's output. Needs qemu-user and
-g++-aarch64-linux-gnu (``make system-deps``). Writes benchmarks/results/arm_numerics.json.
+g++-aarch64-linux-gnu (``make system-deps``); ``$MOBILEVITS_QEMU`` picks another qemu-aarch64 (``max`` with
+SME needs qemu >= 10). Writes benchmarks/results/arm_numerics.json.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from converters import (  # noqa: E402
     sqnr_db,
 )
 from mobilevits.workflows.bench import host_environment  # noqa: E402
-from mobilevits.workflows.machines import NativeSession, open_device  # noqa: E402
+from mobilevits.workflows.machines import NativeSession, open_device, qemu_binary, qemu_version  # noqa: E402
 
 MODELS = "mobilevit_xxs,levit_128s,mobile_former_294m,sepvit_lite,mobilenetv3_large_100,efficientnet_b0"
 # qemu's `max` has SVE, SVE2, i8mm and SME; `max,sme=off` is the same CPU without SME
@@ -111,6 +112,7 @@ def main() -> int:
                   f"({c['seconds']:.0f} s)", flush=True)
         rows.append(row)
     atomic_write_text(args.json, json.dumps({"environment": host_environment(), "limit": args.limit,
+                                             "qemu": {"binary": qemu_binary(), "version": qemu_version()},
                                              "cpus": args.cpus.split(";"), "rows": rows}, indent=2, default=str))
     print(f"wrote {args.json}")
     return 0
