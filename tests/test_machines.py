@@ -147,7 +147,7 @@ def test_aarch64_bundle_is_self_contained_and_cached(qemu):
 def test_profile_names_the_operators_and_the_int8_conversions(artifact, tmp_path):
     pte = artifact("mobilevit_tiny", "executorch", "int8")["artifact"]
     r = profile_artifact(pte, iterations=3, etdump=tmp_path / "t.etdp")
-    assert (tmp_path / "t.etdp").is_file() and not r["emulated"]
+    assert (tmp_path / "t.etdp").is_file() and not r["emulated"] and r["model"] == "mobilevit_tiny"
     kinds = {k["kind"]: k for k in r["kinds"]}
     # MobileViT int8: convolutions in int8, attention matmuls and softmax in fp32 (no int8 path), so Converts
     assert any(k.startswith("Convolution (NHWC, QC8)") for k in kinds)

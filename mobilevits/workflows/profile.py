@@ -96,7 +96,7 @@ def profile_artifact(artifact: str | Path, device: str = "host", threads: int = 
             timing = s.time(x, warmup=warmup, iterations=iterations, etdump=trace)
             info = dev.info()
         summary = summarize_etdump(trace, runs=iterations)
-    return {"artifact": str(artifact), "model": meta["source"].get("model"), "precision": meta["precision"],
+    return {"artifact": str(artifact), "model": meta["source"].get("name"), "precision": meta["precision"],
             "device": info, "emulated": bool(info.get("emulated")), "threads": threads, "warmup": warmup,
             "iterations": iterations, "runner_median_ms": float(np.median(timing["samples_ms"])),
             "etdump": str(etdump) if etdump else None, **summary}
