@@ -28,6 +28,14 @@ def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
                           env={**os.environ, **(env or {})})
 
 
+def _host_and_qemu_checks(artifact: str, limit: int) -> tuple[dict, dict]:
+    """The host check in process, then `mobilevits check --device qemu-arm64 --json` on the same images."""
+    host = check_artifact(artifact, limit=limit, show_progress=False)
+    p = _cli("check", artifact, "--device", "qemu-arm64", "--limit", str(limit), "--json")
+    assert p.returncode == 0, p.stderr[-2000:]
+    return host, json.loads(p.stdout)
+
+
 @pytest.fixture
 def qemu(needs):
     needs("qemu-aarch64", "qemu-user")
@@ -38,10 +46,7 @@ def qemu(needs):
 def test_check_on_qemu_arm64_passes_and_matches_the_host(qemu, artifact, precision):
     """The ARM build of XNNPACK under an emulated Cortex-A76 computes what the host computes."""
     pte = artifact("mobilevit_tiny", "executorch", precision)["artifact"]
-    host = check_artifact(pte, limit=3, show_progress=False)
-    p = _cli("check", pte, "--device", "qemu-arm64:cortex-a76", "--limit", "3", "--json")
-    assert p.returncode == 0, p.stderr[-2000:]
-    r = json.loads(p.stdout)
+    host, r = _host_and_qemu_checks(pte, limit=3)  # the default CPU, cortex-a76
     assert r["passed"] and r["runtime"] == "executorch native runner on qemu-arm64:cortex-a76"
     assert r["device_info"]["arch"] == "aarch64" and r["device_info"]["emulated"] is True
     # int8: MobileViT's float islands (softmax, LayerNorm) round differently on ARM and can move an int8
@@ -103,10 +108,7 @@ def test_tflite_on_qemu_arm64_through_debian_arm64_python(qemu, needs, artifact,
     """tflite-runtime's aarch64 wheel in Debian's arm64 python3.11 under qemu: same check, same rules."""
     needs("apt-get", "apt")
     tfl = artifact("mobilevit_tiny", "tflite", precision)["artifact"]
-    host = check_artifact(tfl, limit=2, show_progress=False)
-    p = _cli("check", tfl, "--device", "qemu-arm64", "--limit", "2", "--json")
-    assert p.returncode == 0, p.stderr[-2000:]
-    r = json.loads(p.stdout)
+    host, r = _host_and_qemu_checks(tfl, limit=2)
     assert r["passed"] and r["runtime"] == "tflite-runtime on qemu-arm64:cortex-a76"
     if precision == "int8":  # tflite-runtime 2.14 on ARM, ai-edge-litert 2.3 here: other kernels, same rule
         assert r["sqnr_db"] > 30 and host["sqnr_db"] > 30
