@@ -22,6 +22,7 @@ import torch
 
 import mobilevits
 from mobilevits.base import Normalize
+from mobilevits.labels import resolve_labels
 
 from .base import (
     ConversionError,
@@ -157,7 +158,8 @@ class ConvertRequest:
     folder); delegate: ExecuTorch only, ``xnnpack`` or ``coreml``; calibration/calibration_count: images that
     calibrate int8 activations (PTQ); require_full_delegation: fail when an operator stays outside the
     delegate; quantized_model: an already quantised graph (QAT), which skips calibration, with
-    ``quantization_info`` recorded in the sidecar.
+    ``quantization_info`` recorded in the sidecar; labels: class names (``imagenet1k``, a file, or a list),
+    written into the sidecar for ``predict`` and the apps.
     """
 
     model: str
@@ -178,6 +180,7 @@ class ConvertRequest:
     overrides: dict[str, Any] = field(default_factory=dict)
     quantized_model: torch.nn.Module | None = None
     quantization_info: dict[str, Any] | None = None
+    labels: str | Path | list[str] | None = None
     show_progress: bool = True
 
 
@@ -191,6 +194,7 @@ class Conversion:
     resolution: int
     out_dir: Path
     source: dict[str, Any]  # how to rebuild the float model: goes into the sidecar
+    labels: dict[str, Any] | None = None  # {"source", "names"}: goes into the sidecar
     model: torch.nn.Module | None = None  # the float source in this backend's deploy formulation
     program: torch.export.ExportedProgram | None = None  # what the backend lowers
     quantizer: Any = None
@@ -256,6 +260,7 @@ def _plan(r: ConvertRequest) -> Conversion:
     info = mobilevits.get_model_info(r.model)
     resolution = info.default_resolution if r.resolution is None else r.resolution
     info.check_resolution(resolution)
+    named = resolve_labels(r.labels, r.num_classes)  # (names, source) or None; a misfit fails here
     overrides = dict(r.overrides or {})
     for key, value in overrides.items():
         # the sidecar must rebuild the source from JSON; a dataclass or tensor would come back a string
@@ -279,6 +284,7 @@ def _plan(r: ConvertRequest) -> Conversion:
         loaded = mobilevits.load_weights(probe, r.weights)
         source["weights"] = {"path": str(Path(r.weights).resolve()), "sha256": loaded["sha256"]}
     job = Conversion(request=r, conv=conv, info=info, resolution=resolution, out_dir=out_dir, source=source,
+                     labels=None if named is None else {"source": named[1], "names": named[0]},
                      step=_progress(["export", "quantize", "lower", "check"], r.show_progress))
     job.model = conv.prepare_model(build_source(source))
     return job
@@ -368,6 +374,7 @@ def _write(job: Conversion) -> None:
                   "layout": "NCHW", "color": "RGB", "range": [0.0, 1.0]},
         "output": {"name": conv.io_names()[1], "shape": [1, r.num_classes], "dtype": "float32",
                    "meaning": "logits (apply softmax for probabilities)"},
+        "labels": job.labels,
         "preprocess": {**pp.to_dict(), "normalization_in_model": r.normalize_in_model,
                        "app_steps": "resize short side to resolution/crop_pct, centre-crop resolution, "
                                     "RGB float in [0,1]" + ("" if r.normalize_in_model else ", then (x-mean)/std")},

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from ..labels import resolve_labels
+
 REPO_ROOT = Path(__file__).resolve().parents[2]  # mobilevits/workflows/app_assets.py -> the repository
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 MANIFEST_NAME = "manifest.json"
@@ -76,7 +78,8 @@ def export_app_assets(
     Args:
         artifacts: ``.pte`` / ``.tflite`` / ``.mlpackage`` paths, each with its sidecar ``<artifact>.json``.
         to: ``android_demo`` or ``ios_demo`` (``android`` / ``ios`` also accepted).
-        labels: text file with one class name per line (or a JSON list); default ``class N``.
+        labels: text file with one class name per line (or a JSON list), or ``imagenet1k``; default: the
+            names in each artifact's sidecar (``convert --labels``), else ``class N``.
         root: repository root holding the app folders (default: this checkout).
         dest: explicit model folder, overriding ``root`` + the app's default folder.
         replace: drop the manifest's other entries instead of merging with them.
@@ -95,25 +98,20 @@ def export_app_assets(
         raise ValueError("no artifacts given")
     out = Path(dest) if dest is not None else Path(root or REPO_ROOT) / app.models_dir
     plans = [_plan(Path(a), app) for a in artifacts]  # validate everything before copying anything
-    label_names = _read_labels(labels) if labels is not None else None
+    # validate the labels against every artifact before writing anything
+    chosen = [_labels_for(meta, labels) for _, meta in plans]
     out.mkdir(parents=True, exist_ok=True)
 
     entries: list[dict[str, Any]] = []
     images: set[str] = set()
-    for artifact, meta in plans:
-        num_classes = int(meta["source"]["num_classes"])
-        if label_names is not None and len(label_names) != num_classes:
-            raise ValueError(f"labels file {labels} has {len(label_names)} names but {artifact.name} has "
-                             f"{num_classes} classes")
-        names = label_names or [f"class {i}" for i in range(num_classes)]
+    for (artifact, meta), (names, labels_source) in zip(plans, chosen):
         resolution = int(meta["input"]["shape"][-1] if meta["input"]["layout"] == "NCHW"
                          else meta["input"]["shape"][-2])
         image_name, pixels = _write_test_image(out, meta, resolution)
         images.add(image_name)
         expected = expected_top1(artifact, meta, pixels)
         _atomic_copy(artifact, out / artifact.name)
-        entries.append(_entry(artifact, meta, names, "generic" if labels is None else Path(labels).name,
-                              image_name, expected, resolution))
+        entries.append(_entry(artifact, meta, names, labels_source, image_name, expected, resolution))
 
     manifest_path = out / MANIFEST_NAME
     manifest = _merge_manifest(manifest_path, app.name, entries, replace, out)
@@ -154,23 +152,14 @@ def _plan(artifact: Path, app: AppTarget) -> tuple[Path, dict[str, Any]]:
     return artifact, meta
 
 
-def _read_labels(path: str | Path) -> list[str]:
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"labels file not found: {p}")
-    text = p.read_text(encoding="utf-8")
-    if p.suffix.lower() == ".json":
-        try:
-            names = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"labels file {p} is not valid JSON ({e})") from None
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise ValueError(f"labels file {p} must hold a JSON list of strings")
-    else:
-        names = [line.strip() for line in text.splitlines() if line.strip()]
-    if not names:
-        raise ValueError(f"labels file {p} is empty")
-    return names
+def _labels_for(meta: dict[str, Any], labels: str | Path | None) -> tuple[list[str], str]:
+    """Names for an artifact: ``labels`` (a file or ``imagenet1k``), else its sidecar's, else ``class N``."""
+    num_classes = int(meta["source"]["num_classes"])
+    if labels is not None:
+        return resolve_labels(labels, num_classes)
+    if meta.get("labels"):
+        return list(meta["labels"]["names"]), meta["labels"]["source"]
+    return [f"class {i}" for i in range(num_classes)], "generic"
 
 
 def _write_test_image(out: Path, meta: dict[str, Any], resolution: int) -> tuple[str, np.ndarray]:

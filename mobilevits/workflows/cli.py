@@ -3,6 +3,7 @@
     mobilevits list [--resolution R] [--json]
     mobilevits convert MODEL --to {executorch,coreml,tflite} [--precision P] [--resolution R] ...
     mobilevits check ARTIFACT [--data photos|digits|DIR] [--layers] [--device qemu-arm64[:CPU]|ssh:HOST] [--json]
+    mobilevits predict ARTIFACT|MODEL IMAGE... [--top 5] [--labels imagenet1k|FILE] [--device ...] [--json]
     mobilevits profile ARTIFACT.pte [--device host|qemu-arm64[:CPU]|ssh:HOST] [--plot F.png] [--json]
     mobilevits build-runner [--target host|aarch64]
     mobilevits demo
@@ -98,7 +99,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
                      weights=args.weights, out=args.out, check=not args.no_check, data=args.data,
                      delegate=args.delegate, num_classes=args.num_classes, seed=args.seed,
                      calibration=args.calibration, require_full_delegation=args.require_full_delegation,
-                     show_progress=not args.json)
+                     labels=args.labels, show_progress=not args.json)
     if args.json:
         print(to_json(result))
     else:
@@ -132,6 +133,16 @@ def cmd_check(args: argparse.Namespace) -> int:
         if args.layers:
             print(_describe_layers(result))
     return 0 if result["passed"] else EXIT_FAILED
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import format_predictions, predict
+    from .report import to_json
+
+    result = predict(args.target, args.images, top=args.top, labels=args.labels, weights=args.weights,
+                     num_classes=args.num_classes, resolution=args.resolution, device=args.device)
+    print(to_json(result) if args.json else format_predictions(result))
+    return 0
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
@@ -407,6 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", default="photos", help="check data: photos, digits, or a folder / ImageFolder")
     s.add_argument("--calibration", default="photos", help="int8 calibration data: photos, digits or a folder")
     s.add_argument("--seed", type=int, default=0, help="random-init seed when no --weights")
+    s.add_argument("--labels", help="class names for the sidecar and the apps: imagenet1k (shipped), or a file "
+                                    "(one name per line, or a JSON list)")
     s.add_argument("--no-check", action="store_true", help="skip the accuracy check")
     s.add_argument("--require-full-delegation", action="store_true",
                    help="fail if any operator stays outside the XNNPACK delegate")
@@ -427,6 +440,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: this host's runtime")
     s.add_argument("--json", action="store_true", help="print one JSON object for machines")
     s.set_defaults(func=cmd_check)
+
+    s = sub.add_parser("predict", help="top-k class names for images, from an artifact or a PyTorch model: "
+                                       "the same preprocessing and softmax for both")
+    s.add_argument("target", help="an artifact (.pte/.tflite/.mlpackage with its sidecar) or a model name")
+    s.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...)")
+    s.add_argument("--top", type=_positive_int, default=5)
+    s.add_argument("--labels", help="imagenet1k, or a file of class names (default: the artifact's sidecar's)")
+    s.add_argument("--weights", help="model name only: a state dict to load")
+    s.add_argument("--num-classes", type=_positive_int, help="model name only (default 1000)")
+    s.add_argument("--resolution", type=_positive_int, help="model name only (default: the model's)")
+    s.add_argument("--device", default="host", help="host (default), qemu-arm64[:CPU] or ssh:[USER@]HOST[:PORT] "
+                                                    "(artifacts only)")
+    s.add_argument("--json", action="store_true", help="print one JSON object for machines")
+    s.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("profile", help="per-operator time of a .pte (native runner + ETDump + ExecuTorch's "
                                        "Inspector): kinds, top 10, int8<->fp32 conversions, ops outside XNNPACK")
