@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -21,7 +22,9 @@ import numpy as np
 import torch
 
 import mobilevits
+from mobilevits._registry import resolve_pretrained
 from mobilevits.base import Normalize
+from mobilevits.hub import is_hub_id
 from mobilevits.labels import resolve_labels
 
 from .base import (
@@ -243,6 +246,14 @@ def convert(model: str, to: str, precision: str = "fp32", **options: Any) -> dic
 
 def _plan(r: ConvertRequest) -> Conversion:
     """Validate the request before anything is written; build the float source."""
+    hub_id = None
+    if is_hub_id(r.model):  # a hub model: its architecture, weights, classes, input size and names
+        hub = resolve_pretrained(r.model)
+        hub_id = hub.hub_id
+        names_from_hub = r.labels is None and hub.labels is not None
+        r = dataclasses.replace(r, model=hub.architecture, weights=hub.weights, num_classes=hub.num_classes,
+                                resolution=r.resolution or hub.resolution,
+                                labels=hub.labels if names_from_hub else r.labels)
     conv = get_converter(r.to)
     if r.precision not in conv.precisions:
         raise UnsupportedError(f"{r.to} does not support precision {r.precision!r}; "
@@ -261,6 +272,8 @@ def _plan(r: ConvertRequest) -> Conversion:
     resolution = info.default_resolution if r.resolution is None else r.resolution
     info.check_resolution(resolution)
     named = resolve_labels(r.labels, r.num_classes)  # (names, source) or None; a misfit fails here
+    if named is not None and hub_id is not None and names_from_hub:
+        named = (named[0], hub_id)
     overrides = dict(r.overrides or {})
     for key, value in overrides.items():
         # the sidecar must rebuild the source from JSON; a dataclass or tensor would come back a string
@@ -277,7 +290,7 @@ def _plan(r: ConvertRequest) -> Conversion:
     if not os.access(out_dir, os.W_OK):
         raise PermissionError(f"output folder {out_dir} is not writable; choose another with --out")
     source = {"name": r.model, "num_classes": r.num_classes, "resolution": resolution, "overrides": overrides,
-              "weights": None, "seed": r.seed, "normalize_in_model": r.normalize_in_model}
+              "weights": None, "seed": r.seed, "normalize_in_model": r.normalize_in_model, "hub": hub_id}
     if r.weights is not None:
         # validates the file (clear WeightsError for corrupt / mismatched checkpoints) and hashes it
         probe = mobilevits.create_model(r.model, num_classes=r.num_classes, resolution=resolution, **overrides)

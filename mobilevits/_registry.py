@@ -8,11 +8,14 @@ import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from torch import nn
 
 from .base import ImageClassifier
+
+if TYPE_CHECKING:
+    from .hub import HubModel
 
 
 @dataclass(frozen=True)
@@ -124,25 +127,58 @@ def get_model_info(name: str) -> ModelInfo:
         raise ValueError(f"unknown model {name!r}.{hint} Valid models: {', '.join(valid)}") from None
 
 
+def resolve_pretrained(spec: str) -> HubModel:
+    """A hub model (:func:`mobilevits.hub.resolve_hub`) whose architecture is one registered here."""
+    from .hub import HubError, resolve_hub
+
+    hub = resolve_hub(spec)
+    try:
+        get_model_info(hub.architecture)
+    except ValueError:
+        raise HubError(f"hub architecture {hub.architecture!r} of {spec} is not a model mobilevits defines "
+                       "(see `mobilevits list`)") from None
+    return hub
+
+
 def create_model(
     name: str,
-    num_classes: int = 1000,
+    num_classes: int | None = None,
     resolution: int | None = None,
     weights: str | Path | None = None,
+    pretrained: str | None = None,
     **overrides,
 ) -> ImageClassifier:
     """Build a registered model.
 
     Args:
-        name: a name from :func:`list_models` (e.g. ``"mobilevit_xs"``).
-        num_classes: size of the classifier.
-        resolution: input side in pixels; defaults to the paper's. Checked against the family's range.
-        weights: path to a ``.pt``/``.pth``/``.safetensors`` state dict (ours or timm's key names).
+        name: a name from :func:`list_models` (e.g. ``"mobilevit_xs"``), or a hub id
+            (``hf-hub:OWNER/NAME[@REV]``, ``timm/NAME``), which is the same as ``pretrained=`` that id.
+        num_classes: size of the classifier (default: the hub model's, else 1000).
+        resolution: input side in pixels; defaults to the hub model's, else the paper's. Checked against
+            the family's range.
+        weights: path to a ``.pt``/``.pth``/``.safetensors``/``.bin`` state dict (ours or timm's key names).
+        pretrained: a hub id whose weights are loaded from the Hugging Face cache (:mod:`mobilevits.hub`).
         **overrides: fields of the family's config dataclass to replace (e.g. ``drop_path_rate=0.1``).
 
     Returns:
         The model, in training mode like any fresh ``nn.Module``; call ``.eval()`` for inference.
+        A hub model carries ``hub`` (its :class:`mobilevits.hub.HubModel`, with the class names).
     """
+    from .hub import is_hub_id
+
+    hub = None
+    if is_hub_id(name) or pretrained is not None:
+        if weights is not None:
+            raise ValueError("give weights= or a pretrained hub id, not both")
+        hub = resolve_pretrained(pretrained if pretrained is not None else name)
+        if is_hub_id(name) or name == hub.architecture:
+            name = hub.architecture
+        else:
+            raise ValueError(f"pretrained {hub.hub_id} is a {hub.architecture}, not a {name}")
+        weights = hub.weights
+        num_classes = hub.num_classes if num_classes is None else num_classes
+        resolution = hub.resolution if resolution is None else resolution
+    num_classes = 1000 if num_classes is None else num_classes
     info = get_model_info(name)
     resolution = info.default_resolution if resolution is None else resolution
     if not isinstance(resolution, int) or isinstance(resolution, bool):
@@ -158,6 +194,7 @@ def create_model(
         from .weights import load_weights
 
         load_weights(model, weights)
+    model.hub = hub
     return model
 
 

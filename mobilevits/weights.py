@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-SUFFIXES = (".pt", ".pth", ".safetensors")
+SUFFIXES = (".pt", ".pth", ".safetensors", ".bin")  # .bin: the hub's pytorch_model.bin (a torch.save file)
 
 # Each family may register a function that rewrites foreign key names (timm's) into ours.
 CheckpointFilter = Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]]

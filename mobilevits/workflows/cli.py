@@ -35,7 +35,11 @@ class CliError(Exception):
 
 def _model_name(value: str) -> str:
     from .. import get_model_info
+    from ..hub import is_hub_id, parse_hub_id
 
+    if is_hub_id(value):  # resolved (cache, hub) when used, where a missing file is one clear line
+        parse_hub_id(value)
+        return value
     try:
         get_model_info(value)
     except ValueError as e:
@@ -405,7 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("convert", help="convert a model and check the artifact against PyTorch",
                        description=f"Models: {models}")
-    s.add_argument("model", type=_model_name, help="model name (see `mobilevits list`)")
+    s.add_argument("model", type=_model_name,
+                   help="model name (see `mobilevits list`) or a hub id: hf-hub:OWNER/NAME[@REV], timm/NAME")
     s.add_argument("--to", required=True, choices=backends(), help="backend")
     s.add_argument("--precision", default="fp32", choices=precisions(),
                    help="fp32, int8 (all backends); fp16, w8 (coreml only)")

@@ -75,7 +75,17 @@ def predict(target: str | Path, images: Sequence[str | Path], top: int = 5, labe
         if device != "host":
             raise ValueError("--device runs artifacts; convert the model first (mobilevits convert)")
         import mobilevits
+        from mobilevits._registry import resolve_pretrained
+        from mobilevits.hub import is_hub_id
 
+        stored = None
+        if is_hub_id(str(target)):  # the hub model's architecture, weights, size and class names
+            if weights is not None:
+                raise ValueError("a hub id carries its weights: drop --weights")
+            hub = resolve_pretrained(str(target))
+            target, weights = hub.architecture, hub.weights
+            resolution, num_classes = resolution or hub.resolution, hub.num_classes
+            stored = {"names": hub.labels, "source": hub.hub_id} if hub.labels else None
         info = mobilevits.get_model_info(str(target))  # unknown name: one line listing close matches
         res = resolution or info.default_resolution
         n_classes = num_classes or 1000
@@ -91,7 +101,7 @@ def predict(target: str | Path, images: Sequence[str | Path], top: int = 5, labe
 
         with torch.no_grad():
             logits = np.concatenate([model(torch.from_numpy(x[i:i + 1])).numpy() for i in range(len(x))])
-        runtime, stored = "torch", None
+        runtime = "torch"
         what = {"model": str(target), "weights": str(weights) if weights else None}
     named = resolve_labels(labels, n_classes) if labels is not None else (
         (stored["names"], stored["source"]) if stored else None)

@@ -1,0 +1,108 @@
+"""Hub ids resolved from a Hugging Face cache built here in huggingface_hub's own layout (no network)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import mobilevits
+from mobilevits.hub import HubError, is_hub_id, parse_hub_id, resolve_hub
+
+FIXTURE = Path(__file__).parent / "fixtures" / "timm_mobilevit_tiny.safetensors"  # timm's keys and output
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def _publish(cache: Path, repo_id: str, config: dict, weights: dict[str, torch.Tensor] | None) -> None:
+    """One model repository in the cache layout huggingface_hub reads (refs/, snapshots/, blobs/)."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    snap = repo / "snapshots" / COMMIT
+    snap.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(COMMIT)
+    (snap / "config.json").write_text(json.dumps(config))
+    if weights is not None:
+        save_file(weights, str(snap / "model.safetensors"))
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    fx = load_file(str(FIXTURE))
+    weights = {k[len("weights."):]: v for k, v in fx.items() if k.startswith("weights.")}
+    config = {"architecture": "mobilevit_tiny", "num_classes": 10, "label_names": [f"thing {i}" for i in range(10)],
+              "pretrained_cfg": {"input_size": [3, 160, 160], "mean": [0, 0, 0], "std": [1, 1, 1]}}
+    _publish(cache, "timm/mobilevit_tiny.test", config, weights)
+    _publish(cache, "someone/vit_giant", {"architecture": "vit_giant_patch14_224"}, weights)
+    _publish(cache, "someone/no_weights", config, None)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return {"cache": cache, "fixture": fx}
+
+
+def test_the_cache_layout_is_huggingface_hubs_own(hub_cache):
+    from huggingface_hub import scan_cache_dir
+
+    repos = {r.repo_id: r for r in scan_cache_dir(hub_cache["cache"]).repos}
+    assert {"timm/mobilevit_tiny.test", "someone/vit_giant"} <= set(repos)
+
+
+def test_a_hub_model_loads_from_the_cache_and_gives_timms_output(hub_cache):
+    assert is_hub_id("timm/x") and is_hub_id("hf-hub:a/b@v1") and not is_hub_id("mobilevit_xs")
+    assert parse_hub_id("hf-hub:a/b@v1") == ("a/b", "v1")
+    for model in (mobilevits.create_model("hf-hub:timm/mobilevit_tiny.test"),
+                  mobilevits.create_model("mobilevit_tiny", pretrained="timm/mobilevit_tiny.test")):
+        assert model.num_classes == 10 and model.resolution == 160 and model.hub.labels[3] == "thing 3"
+        fx = hub_cache["fixture"]
+        x = torch.from_numpy((fx["image"].numpy().astype(np.float32) / 255.0).transpose(2, 0, 1)[None].copy())
+        with torch.no_grad():
+            torch.testing.assert_close(model.eval()(x), fx["output"], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="is a mobilevit_tiny, not a levit_tiny"):
+        mobilevits.create_model("levit_tiny", pretrained="timm/mobilevit_tiny.test")
+
+
+def test_what_the_cache_lacks_is_one_line_with_the_fetch_command(hub_cache):
+    with pytest.raises(HubError, match=r"not in the Hugging Face cache .*hf download timm/nope config.json"):
+        resolve_hub("timm/nope")
+    with pytest.raises(HubError, match="no model.safetensors or pytorch_model.bin"):
+        resolve_hub("hf-hub:someone/no_weights")
+    with pytest.raises(HubError, match="'vit_giant_patch14_224' of hf-hub:someone/vit_giant is not a model mobilevits"):
+        mobilevits.create_model("hf-hub:someone/vit_giant")
+    with pytest.raises(HubError, match="bad hub id"):
+        resolve_hub("hf-hub:justaname")
+
+
+def test_convert_and_predict_take_a_hub_id(hub_cache, tmp_path):
+    env = {**os.environ, "HF_HUB_CACHE": str(hub_cache["cache"]), "HF_HUB_OFFLINE": "1"}
+    img = tmp_path / "photo.png"
+    from PIL import Image
+
+    Image.fromarray(hub_cache["fixture"]["image"].numpy().astype(np.uint8)).save(img)
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "mobilevits", *args], capture_output=True, text=True,
+                              timeout=600, env=env)
+
+    p = cli("convert", "timm/mobilevit_tiny.test", "--to", "tflite", "--out", str(tmp_path), "--no-check", "--json")
+    assert p.returncode == 0, p.stderr[-1500:]
+    art = json.loads(p.stdout)["artifact"]
+    meta = json.loads(Path(art + ".json").read_text())
+    assert meta["source"]["hub"] == "timm/mobilevit_tiny.test" and meta["source"]["num_classes"] == 10
+    assert meta["labels"]["source"] == "timm/mobilevit_tiny.test" and meta["input"]["shape"][-1] == 160
+    by_model = json.loads(cli("predict", "timm/mobilevit_tiny.test", str(img), "--json").stdout)
+    by_artifact = json.loads(cli("predict", art, str(img), "--json").stdout)
+    assert by_model["labels"] == by_artifact["labels"] == "timm/mobilevit_tiny.test"
+    assert [t["label"] for t in by_model["predictions"][0]["top"]] == \
+        [t["label"] for t in by_artifact["predictions"][0]["top"]]
+    p = cli("predict", "timm/not_cached", str(img))
+    assert p.returncode == 2 and "hf download timm/not_cached" in p.stderr and "Traceback" not in p.stderr
