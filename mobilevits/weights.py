@@ -6,6 +6,7 @@ import hashlib
 import pickle
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -71,17 +72,28 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def load_weights(model: nn.Module, path: str | Path) -> dict[str, str]:
-    """Load ``path`` into ``model`` strictly; returns ``{"sha256": ..., "path": ...}``.
+def load_weights(model: nn.Module, path: str | Path, new_head: bool = False) -> dict[str, Any]:
+    """Load ``path`` into ``model`` strictly; returns ``{"sha256", "path", "reset"}``.
 
     Foreign key layouts (timm's) are translated by the model family's checkpoint filter.
     Missing keys, unexpected keys and shape mismatches are reported together in one WeightsError.
+    ``new_head``: weights made for another number of classes (fine-tuning a 1000-class model on 10
+    classes) keep the backbone; the classifier tensors whose class dimension differs keep the model's
+    fresh initialisation and are named in ``reset``. Any other misfit is still an error.
     """
     state = read_state_dict(path)
     family = getattr(model, "family", "")
     if family in _FILTERS:
         state = _FILTERS[family](dict(state), model)
     own = model.state_dict()
+    reset = []
+    if new_head:
+        n = getattr(model, "num_classes", None)
+        for k in sorted(set(state) & set(own)):
+            a, b = state[k].shape, own[k].shape
+            if a != b and len(a) == len(b) and b[0] == n and a[1:] == b[1:]:  # (classes, ...) only differs
+                state[k] = own[k]
+                reset.append(k)
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     mismatched = [
@@ -99,7 +111,7 @@ def load_weights(model: nn.Module, path: str | Path) -> dict[str, str]:
         lines.append("  Check the model name, --num-classes and --resolution the weights were made with.")
         raise WeightsError("\n".join(lines))
     model.load_state_dict(state, strict=True)
-    return {"path": str(path), "sha256": file_sha256(path)}
+    return {"path": str(path), "sha256": file_sha256(path), "reset": reset}
 
 
 def rename_prefixes(state: dict[str, torch.Tensor], mapping: dict[str, str]) -> dict[str, torch.Tensor]:

@@ -106,3 +106,32 @@ def test_convert_and_predict_take_a_hub_id(hub_cache, tmp_path):
         [t["label"] for t in by_artifact["predictions"][0]["top"]]
     p = cli("predict", "timm/not_cached", str(img))
     assert p.returncode == 2 and "hf download timm/not_cached" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_weights_for_other_classes_keep_the_backbone_and_get_a_fresh_classifier(hub_cache, tmp_path):
+    from mobilevits.workflows.training import _starting_model
+
+    fx = hub_cache["fixture"]
+    path = tmp_path / "timm10.safetensors"
+    save_file({k[len("weights."):]: v for k, v in fx.items() if k.startswith("weights.")}, str(path))
+    five = mobilevits.create_model("mobilevit_tiny", num_classes=5, resolution=160)
+    with pytest.raises(mobilevits.WeightsError, match="shape mismatches"):
+        mobilevits.load_weights(five, path)
+    fresh = {k: v.clone() for k, v in five.state_dict().items()}
+    reset = mobilevits.load_weights(five, path, new_head=True)["reset"]
+    assert reset and all(fresh[k].shape[0] == 5 for k in reset)
+    after = five.state_dict()
+    assert all(torch.equal(after[k], fresh[k]) for k in reset)  # the classifier keeps its fresh init
+    ten = mobilevits.create_model("mobilevit_tiny", num_classes=10, resolution=160, weights=path).state_dict()
+    assert all(torch.equal(after[k], ten[k]) for k in after if k not in reset)  # the backbone is the checkpoint's
+    logged = []
+    net = _starting_model("mobilevit_tiny", 5, 160, "timm/mobilevit_tiny.test", logged.append)
+    assert net.num_classes == 5 and "fresh classifier for 5 classes" in logged[0]
+
+
+def test_train_starts_from_a_hub_id(hub_cache, tmp_path):
+    from mobilevits.workflows.training import train
+
+    r = train("timm/mobilevit_tiny.test", resolution=96, epochs=1, train_limit=64, out=tmp_path, show_progress=False,
+              log=lambda s: None)
+    assert Path(r["weights"]).is_file() and r["model"] == "mobilevit_tiny"

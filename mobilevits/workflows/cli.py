@@ -477,11 +477,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_profile)
 
     def add_training_args(s: argparse.ArgumentParser, out: str) -> None:
-        s.add_argument("model", type=_model_name, help="model name (see `mobilevits list`)")
+        s.add_argument("model", type=_model_name, help="model name (see `mobilevits list`) or a hub id")
         s.add_argument("--data", default="digits",
                        help="digits (scikit-learn's handwritten digits) or an ImageFolder (train/ and val/ inside, "
                             "or class folders split 80/20)")
-        s.add_argument("--weights", help="float weights to start from (.pt/.pth/.safetensors)")
+        s.add_argument("--weights", help="float weights to start from: a .pt/.pth/.safetensors/.bin file or a hub id "
+                                         "(other class counts get a fresh classifier)")
         s.add_argument("--resolution", type=_positive_int, help="input side (default: the model's)")
         s.add_argument("--epochs", type=_positive_int)
         s.add_argument("--batch-size", type=_positive_int)

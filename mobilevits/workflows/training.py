@@ -359,6 +359,39 @@ def _weights_path(out: Path, model: str, resolution: int, data: str) -> Path:
     return out / f"{model}_{resolution}_{tag}.safetensors"
 
 
+def _hub_as_weights(model: str, weights: str | Path | None) -> tuple[str, str | Path | None]:
+    """A hub id given as the model is its architecture, started from its weights."""
+    from ..hub import is_hub_id
+
+    if not is_hub_id(model):
+        return model, weights
+    if weights is not None:
+        raise ValueError("a hub id carries its weights: drop --weights")
+    from .._registry import resolve_pretrained
+
+    return resolve_pretrained(model).architecture, model
+
+
+def _starting_model(model: str, num_classes: int, resolution: int, weights: str | Path | None,
+                    log: Callable[[str], None]) -> nn.Module:
+    """The model to train: fresh, or from ``weights`` (a file or a hub id); weights made for another
+    number of classes keep their backbone and get a fresh classifier (logged)."""
+    from ..hub import is_hub_id
+    from ..weights import load_weights
+
+    net = create_model(model, num_classes=num_classes, resolution=resolution)
+    if weights is not None:
+        if is_hub_id(str(weights)):
+            from .._registry import resolve_pretrained
+
+            weights = resolve_pretrained(str(weights)).weights
+        reset = load_weights(net, weights, new_head=True)["reset"]
+        if reset:
+            log(f"weights were made for other classes: fresh classifier for {num_classes} classes "
+                f"({', '.join(reset)})")
+    return net
+
+
 def train(
     model: str,
     data: str = "digits",
@@ -376,6 +409,7 @@ def train(
 ) -> dict[str, Any]:
     """Train (or fine-tune from ``weights``) a float model on ``data``; returns weights path and top-1."""
     log = log or (lambda s: print(s, file=sys.stderr))
+    model, weights = _hub_as_weights(model, weights)
     info = get_model_info(model)
     resolution = info.default_resolution if resolution is None else resolution
     info.check_resolution(resolution)
@@ -387,7 +421,7 @@ def train(
     probe = create_model(model, resolution=resolution)
     split = load_split(data, probe.preprocess, seed)
     torch.manual_seed(seed)
-    net = create_model(model, num_classes=split.num_classes, resolution=resolution, weights=weights)
+    net = _starting_model(model, split.num_classes, resolution, weights, log)
     module = Normalize(net, net.preprocess.mean, net.preprocess.std)
     meta = {"model": model, "resolution": resolution, "data": data, "num_classes": split.num_classes,
             "weights": str(weights) if weights else None, "recipe": asdict(recipe)}
@@ -471,6 +505,7 @@ def qat(
     from converters import calibrate_and_quantize, convert, get_converter, quiet, run_artifact, sqnr_db
 
     log = log or (lambda s: print(s, file=sys.stderr))
+    model, weights = _hub_as_weights(model, weights)
     conv = get_converter(backend)
     if "int8" not in conv.precisions:
         raise ValueError(f"{backend} has no int8 path")
@@ -495,7 +530,7 @@ def qat(
     split = load_split(data, probe.preprocess, seed)
 
     def float_model() -> nn.Module:
-        net = create_model(model, num_classes=split.num_classes, resolution=resolution, weights=weights)
+        net = _starting_model(model, split.num_classes, resolution, weights, log)
         return Normalize(net, net.preprocess.mean, net.preprocess.std)
 
     ref = conv.prepare_model(reparameterize_model(float_model()))
