@@ -37,14 +37,16 @@ def file_sha256(path: str | Path) -> str:
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a state dict from ``.pt``/``.pth`` (``weights_only=True``) or ``.safetensors``.
 
-    Accepts a bare state dict or one nested under ``state_dict``/``model``/``model_state``
-    (training checkpoints), and strips a DistributedDataParallel ``module.`` prefix.
+    Accepts a bare state dict or one nested under ``state_dict``/``model``/``model_state(_dict)``
+    (training checkpoints; preferred) or ``model_ema``/``state_dict_ema``/``ema`` (an EMA-only file), and
+    strips a DistributedDataParallel ``module.`` prefix. ``.pth.tar`` files are read like ``.pth``.
     """
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
-    if path.suffix not in SUFFIXES:
-        raise WeightsError(f"weights file {path} has suffix {path.suffix!r}; expected one of {', '.join(SUFFIXES)}")
+    if path.suffix not in SUFFIXES and not path.name.endswith(".pth.tar"):  # .pth.tar: ml-cvnets, older repos
+        raise WeightsError(f"weights file {path} has suffix {path.suffix!r}; expected one of "
+                           f"{', '.join(SUFFIXES)} or .pth.tar")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -61,7 +63,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     except Exception as e:  # zip/safetensors header errors: the file is damaged or not a checkpoint
         raise WeightsError(f"{path} is not a readable checkpoint (corrupt or truncated?): "
                            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
-    for key in ("state_dict", "model", "model_state", "model_state_dict"):
+    # training checkpoints: the trained weights win over an EMA copy kept beside them
+    for key in ("state_dict", "model", "model_state", "model_state_dict", "model_ema", "state_dict_ema", "ema"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
             break

@@ -135,3 +135,21 @@ def test_train_starts_from_a_hub_id(hub_cache, tmp_path):
     r = train("timm/mobilevit_tiny.test", resolution=96, epochs=1, train_limit=64, out=tmp_path, show_progress=False,
               log=lambda s: None)
     assert Path(r["weights"]).is_file() and r["model"] == "mobilevit_tiny"
+
+
+def test_checkpoint_wrappers_prefer_the_trained_weights_over_the_ema_copy(tmp_path):
+    from mobilevits.weights import WeightsError, read_state_dict
+
+    trained = {"w": torch.ones(2)}
+    ema = {"w": torch.full((2,), 2.0)}
+    cases = {"a.pth": {"state_dict": trained, "state_dict_ema": ema}, "b.pth.tar": {"model_ema": ema, "model": trained},
+             "c.pt": {"ema": ema, "epoch": 3}, "d.pth": {"module.w": torch.ones(2)}}
+    for name, obj in cases.items():
+        torch.save(obj, tmp_path / name)
+    assert torch.equal(read_state_dict(tmp_path / "a.pth")["w"], trained["w"])
+    assert torch.equal(read_state_dict(tmp_path / "b.pth.tar")["w"], trained["w"])  # .pth.tar reads like .pth
+    assert torch.equal(read_state_dict(tmp_path / "c.pt")["w"], ema["w"])  # EMA-only file: its EMA
+    assert set(read_state_dict(tmp_path / "d.pth")) == {"w"}  # DistributedDataParallel prefix dropped
+    (tmp_path / "e.tar").write_bytes(b"x")
+    with pytest.raises(WeightsError, match="expected one of .* or .pth.tar"):
+        read_state_dict(tmp_path / "e.tar")
