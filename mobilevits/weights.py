@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import pickle
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,17 +14,57 @@ from torch import nn
 
 SUFFIXES = (".pt", ".pth", ".safetensors", ".bin")  # .bin: the hub's pytorch_model.bin (a torch.save file)
 
-# Each family may register a function that rewrites foreign key names (timm's) into ours.
+# A family registers the foreign checkpoint layouts it reads (timm's, the paper's official code): each
+# recognises its key names and rewrites them into ours. A family's fix-up runs after any layout
+# (LeViT resizes attention-bias tables made at another resolution).
 CheckpointFilter = Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]]
-_FILTERS: dict[str, CheckpointFilter] = {}
+NATIVE_LAYOUT = "mobilevits"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A foreign checkpoint layout: ``detect(state)`` says whether the keys are its, ``convert`` renames them."""
+
+    name: str  # as users know it: "timm", "apple/ml-cvnets", "facebookresearch/LeViT"
+    detect: Callable[[dict[str, torch.Tensor]], bool]
+    convert: CheckpointFilter
+
+
+_LAYOUTS: dict[str, list[Layout]] = {}
+_FIXUPS: dict[str, CheckpointFilter] = {}
 
 
 class WeightsError(ValueError):
     """A checkpoint that cannot be read, or that does not fit the model."""
 
 
-def register_checkpoint_filter(family: str, fn: CheckpointFilter) -> None:
-    _FILTERS[family] = fn
+def register_layout(family: str, name: str, detect: Callable[[dict[str, torch.Tensor]], bool],
+                    convert: CheckpointFilter) -> None:
+    """Teach ``load_weights`` a foreign key layout for ``family``; the first layout that detects wins."""
+    _LAYOUTS.setdefault(family, []).append(Layout(name, detect, convert))
+
+
+def register_checkpoint_fixup(family: str, fn: CheckpointFilter) -> None:
+    """A rewrite run on every checkpoint of ``family`` after its layout is translated."""
+    _FIXUPS[family] = fn
+
+
+def layouts(family: str) -> list[str]:
+    """Names of the checkpoint layouts ``family`` reads, ours first."""
+    return [NATIVE_LAYOUT] + [lay.name for lay in _LAYOUTS.get(family, [])]
+
+
+def translate(state: dict[str, torch.Tensor], model: nn.Module) -> tuple[dict[str, torch.Tensor], str]:
+    """Rewrite ``state`` into ``model``'s key names; returns it and the name of the layout recognised."""
+    family = getattr(model, "family", "")
+    name = NATIVE_LAYOUT
+    for lay in _LAYOUTS.get(family, []):
+        if lay.detect(state):
+            state, name = lay.convert(dict(state), model), lay.name
+            break
+    if family in _FIXUPS:
+        state = _FIXUPS[family](dict(state), model)
+    return state, name
 
 
 def file_sha256(path: str | Path) -> str:
@@ -76,18 +117,16 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def load_weights(model: nn.Module, path: str | Path, new_head: bool = False) -> dict[str, Any]:
-    """Load ``path`` into ``model`` strictly; returns ``{"sha256", "path", "reset"}``.
+    """Load ``path`` into ``model`` strictly; returns ``{"sha256", "path", "layout", "reset"}``.
 
-    Foreign key layouts (timm's) are translated by the model family's checkpoint filter.
+    Foreign key layouts (timm's, the official code's) are recognised and translated by the family's
+    registered layouts (:func:`layouts`); ``layout`` names the one that was read.
     Missing keys, unexpected keys and shape mismatches are reported together in one WeightsError.
     ``new_head``: weights made for another number of classes (fine-tuning a 1000-class model on 10
     classes) keep the backbone; the classifier tensors whose class dimension differs keep the model's
     fresh initialisation and are named in ``reset``. Any other misfit is still an error.
     """
-    state = read_state_dict(path)
-    family = getattr(model, "family", "")
-    if family in _FILTERS:
-        state = _FILTERS[family](dict(state), model)
+    state, layout = translate(read_state_dict(path), model)
     own = model.state_dict()
     reset = []
     if new_head:
@@ -104,17 +143,20 @@ def load_weights(model: nn.Module, path: str | Path, new_head: bool = False) -> 
         for k in own if k in state and state[k].shape != own[k].shape
     ]
     if missing or unexpected or mismatched:
+        family = getattr(model, "family", "")
         lines = [f"weights {path} do not fit {getattr(model, 'name', type(model).__name__)} "
-                 f"(resolution {getattr(model, 'resolution', '?')}, {getattr(model, 'num_classes', '?')} classes):"]
+                 f"(resolution {getattr(model, 'resolution', '?')}, {getattr(model, 'num_classes', '?')} classes), "
+                 f"read as the {layout} layout:"]
         for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
                              ("shape mismatches", mismatched)):
             if items:
-                shown = ", ".join(items[:12]) + (f", ... ({len(items) - 12} more)" if len(items) > 12 else "")
+                shown = ", ".join(items[:6]) + (f", ... ({len(items) - 6} more)" if len(items) > 6 else "")
                 lines.append(f"  {len(items)} {title}: {shown}")
-        lines.append("  Check the model name, --num-classes and --resolution the weights were made with.")
+        lines.append("  Check the model name, --num-classes and --resolution the weights were made with"
+                     + (f"; layouts read for {family}: {', '.join(layouts(family))}." if family else "."))
         raise WeightsError("\n".join(lines))
     model.load_state_dict(state, strict=True)
-    return {"path": str(path), "sha256": file_sha256(path), "reset": reset}
+    return {"path": str(path), "sha256": file_sha256(path), "layout": layout, "reset": reset}
 
 
 def rename_prefixes(state: dict[str, torch.Tensor], mapping: dict[str, str]) -> dict[str, torch.Tensor]:

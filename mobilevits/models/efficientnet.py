@@ -18,7 +18,7 @@ from torch import nn
 from .._registry import PaperNumbers, register_family
 from ..base import ImageClassifier, Preprocess
 from ..layers import ConvNormAct, Dropout, InvertedResidual, make_divisible
-from ..weights import register_checkpoint_filter, rename_prefixes
+from ..weights import register_layout, rename_prefixes
 
 FAMILY = "efficientnet"
 
@@ -124,8 +124,6 @@ class EfficientNet(ImageClassifier):
 
 def _timm_filter(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """Translate timm ``efficientnet_*`` keys (conv_stem/bn1, blocks.s.i.{conv_pw,bn1,...}, conv_head/bn2)."""
-    if "conv_stem.weight" not in state:
-        return state
     mapping = {"conv_stem.": "stem.conv.", "bn1.": "stem.bn.", "conv_head.": "conv_head.conv.",
                "bn2.": "conv_head.bn."}
     for b in {k.rsplit(".", 2)[0] for k in state if k.startswith("blocks.")}:
@@ -140,7 +138,7 @@ def _timm_filter(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, 
     return rename_prefixes(state, mapping)
 
 
-register_checkpoint_filter(FAMILY, _timm_filter)
+register_layout(FAMILY, "timm", lambda state: "conv_stem.weight" in state, _timm_filter)
 
 
 # Params: timm efficientnet_b0 (5,288,548; the paper's "5.3M"). MACs: paper Table 2 ("0.39B FLOPs").

@@ -33,7 +33,7 @@ from torch import nn
 from .._registry import PaperNumbers, register_family
 from ..base import ImageClassifier, Preprocess
 from ..layers import ConvNormAct, Dropout, DropPath, LinearNorm, conv_out, fuse_bn_linear
-from ..weights import register_checkpoint_filter
+from ..weights import register_checkpoint_fixup, register_layout
 
 FAMILY = "levit"
 
@@ -365,7 +365,10 @@ def _split_rows(state: dict[str, torch.Tensor], src: str, dsts: dict[str, int], 
         key = f"{src}.{kind}"
         if key not in state:
             continue
-        t = state.pop(key)
+        t = state[key]
+        if t.shape[0] != heads * sum(dsts.values()):
+            return  # another variant's projection: left whole, so the strict load names it
+        del state[key]
         per_head = t.reshape(heads, -1, *t.shape[1:])  # (heads, sum(widths), [C_in])
         for (dst, part) in zip(dsts, per_head.split(list(dsts.values()), dim=1)):
             state[f"{dst}.{kind}"] = part.reshape(-1, *t.shape[1:]).contiguous()
@@ -374,6 +377,18 @@ def _split_rows(state: dict[str, torch.Tensor], src: str, dsts: dict[str, int], 
         n = state.pop(key)
         for dst in dsts:
             state[f"{dst}.bn.num_batches_tracked"] = n.clone()
+
+
+def _split_fused(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """In place: split fused ``qkv`` (stage blocks) and ``kv`` (shrink blocks) projections into q, k, v."""
+    for name, module in model.named_modules():
+        if isinstance(module, Attention) and f"{name}.qkv.linear.weight" in state:
+            d, dv = module.key_dim, module.val_dim
+            _split_rows(state, f"{name}.qkv", {f"{name}.q": d, f"{name}.k": d, f"{name}.v": dv}, module.num_heads)
+        elif isinstance(module, AttentionDownsample) and f"{name}.kv.linear.weight" in state:
+            d, dv = module.key_dim, module.val_dim
+            _split_rows(state, f"{name}.kv", {f"{name}.k": d, f"{name}.v": dv}, module.num_heads)
+    return state
 
 
 def _from_timm(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
@@ -389,14 +404,96 @@ def _from_timm(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, to
         if value.ndim == 4 and not key.startswith("stem."):  # levit_conv_*: 1x1 convs (out, in, 1, 1)
             value = value.flatten(1)
         out[key] = value
-    for name, module in model.named_modules():
-        if isinstance(module, Attention) and f"{name}.qkv.linear.weight" in out:
-            d, dv = module.key_dim, module.val_dim
-            _split_rows(out, f"{name}.qkv", {f"{name}.q": d, f"{name}.k": d, f"{name}.v": dv}, module.num_heads)
-        elif isinstance(module, AttentionDownsample) and f"{name}.kv.linear.weight" in out:
-            d, dv = module.key_dim, module.val_dim
-            _split_rows(out, f"{name}.kv", {f"{name}.k": d, f"{name}.v": dv}, module.num_heads)
-    return out
+    return _split_fused(out, model)
+
+
+def _identity_bn(state: dict[str, torch.Tensor], prefix: str, bias: torch.Tensor, eps: float = 1e-5) -> None:
+    """In place: a BatchNorm (default eps, as every LeViT norm) that only adds ``bias``: a fused checkpoint's bias.
+
+    running_var = 1 - eps makes the BN scale 1 / sqrt(var + eps) = 1 to within one rounding (< 1e-7).
+    """
+    n = bias.shape[0]
+    # fp32 whatever the checkpoint's dtype: 1 - eps in fp16 rounds to 1, a 5e-6 error in every layer
+    state[f"{prefix}.weight"] = torch.ones(n)
+    state[f"{prefix}.bias"] = bias.float()
+    state[f"{prefix}.running_mean"] = torch.zeros(n)
+    state[f"{prefix}.running_var"] = torch.full((n,), 1.0 - eps)
+    state[f"{prefix}.num_batches_tracked"] = torch.tensor(0)
+
+
+def _official_targets(model: nn.Module) -> list[tuple[str, str]]:
+    """Our module for each entry of the official code's flat ``blocks`` list, in its order.
+
+    The official model is one Sequential: per stage, (attention, MLP) residual pairs; between stages, the
+    shrink attention and its MLP. Ours nests the same sequence as stages -> [downsample] -> blocks.
+    """
+    targets = []
+    for i, stage in enumerate(model.stages):
+        if i > 0:
+            targets += [(f"stages.{i}.downsample.attn_downsample", "down"), (f"stages.{i}.downsample.mlp", "mlp")]
+        for j in range(len(stage.blocks)):
+            targets += [(f"stages.{i}.blocks.{j}.attn", "attn"), (f"stages.{i}.blocks.{j}.mlp", "mlp")]
+    return targets
+
+
+# Official sub-module (inside a ``blocks`` entry) -> ours, by entry kind: Residual wraps attention and MLP in ``m``,
+# ``proj`` and the shrink's ``q`` are Sequential(activation or subsample, Linear_BN).
+_OFFICIAL_PARTS = {
+    "attn": {"m.qkv": "qkv", "m.proj.1": "proj"},
+    "mlp": {"m.0": "ln1", "m.2": "ln2"},
+    "down": {"kv": "kv", "q.1": "q", "proj.1": "proj"},
+}
+
+
+def _from_official(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Translate facebookresearch/LeViT checkpoints, plain (Conv2d_BN/Linear_BN: ``c`` + ``bn``) or fused by its
+    ``utils.replace_batchnorm`` (a plain Conv2d/Linear with bias, which becomes our conv/linear and a BN that only
+    adds the bias); then split the fused ``qkv``/``kv`` rows as for timm.
+    """
+    targets = _official_targets(model)
+    # official module prefix -> (our module prefix, our child for the conv/linear: "conv" or "linear")
+    modules: dict[str, tuple[str, str]] = {f"patch_embed.{2 * i}": (f"stem.{i}", "conv") for i in range(4)}
+    for n, (ours, kind) in enumerate(targets):
+        for src, dst in _OFFICIAL_PARTS[kind].items():
+            modules[f"blocks.{n}.{src}"] = (f"{ours}.{dst}", "linear")
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key.endswith("attention_bias_idxs"):  # derived
+            continue
+        parts = key.split(".")
+        if parts[0] == "blocks" and len(parts) > 2 and parts[1].isdigit() and int(parts[1]) < len(targets) \
+                and parts[-1] == "attention_biases":
+            ours, kind = targets[int(parts[1])]
+            out[f"{ours}.attention_biases"] = value
+            continue
+        if parts[0] in ("head", "head_dist"):
+            if parts[1] == "l":  # BN_Linear: bn, l
+                key = f"{parts[0]}.linear.{parts[2]}"
+            elif len(parts) == 2:  # fused: one Linear
+                key = f"{parts[0]}.linear.{parts[1]}"
+                if parts[1] == "weight":
+                    _identity_bn(out, f"{parts[0]}.bn", torch.zeros(value.shape[1], dtype=value.dtype))
+            out[key] = value
+            continue
+        for cut in (2, 1):  # "X.c.weight" / "X.bn.bias" (plain) or "X.weight" / "X.bias" (fused)
+            prefix, leaf = ".".join(parts[:-cut]), ".".join(parts[-cut:])
+            if prefix in modules:
+                ours, child = modules[prefix]
+                if leaf.startswith("c."):
+                    out[f"{ours}.{child}.{leaf[2:]}"] = value
+                elif leaf.startswith("bn."):
+                    out[f"{ours}.{leaf}"] = value
+                elif leaf == "weight":
+                    out[f"{ours}.{child}.weight"] = value
+                else:  # fused bias
+                    _identity_bn(out, f"{ours}.bn", value)
+                break
+        else:
+            out[key] = value  # not ours: reported by the strict load
+    if "head.linear.weight" in out and not any(k.startswith("head_dist.") for k in out):
+        # distillation=False: one head; the average of two copies is that head
+        out.update({"head_dist." + k[len("head."):]: v.clone() for k, v in list(out.items()) if k.startswith("head.")})
+    return _split_fused(out, model)
 
 
 def _resize_bias_tables(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
@@ -421,17 +518,14 @@ def _resize_bias_tables(state: dict[str, torch.Tensor], model: nn.Module) -> dic
         sizes = ", ".join(f"{o}x{o} -> {n}x{n} ({count})" for (o, n), count in items)
         warnings.warn(f"LeViT weights were made at resolution {16 * items[0][0][0]}, the model is at "
                       f"{getattr(model, 'resolution', '?')}: resized {sum(resized.values())} attention-bias "
-                      f"tables bicubically: {sizes}", stacklevel=3)
+                      f"tables bicubically: {sizes}", stacklevel=4)
     return state
 
 
-def _checkpoint_filter(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    if "stem.conv1.linear.weight" in state:
-        state = _from_timm(state, model)
-    return _resize_bias_tables(state, model)
-
-
-register_checkpoint_filter(FAMILY, _checkpoint_filter)
+register_layout(FAMILY, "timm", lambda state: "stem.conv1.linear.weight" in state, _from_timm)
+register_layout(FAMILY, "facebookresearch/LeViT",
+                lambda state: "patch_embed.0.weight" in state or "patch_embed.0.c.weight" in state, _from_official)
+register_checkpoint_fixup(FAMILY, _resize_bias_tables)
 
 
 # Params: the official code with both heads (= timm). MACs: paper Table 3 (the official counter,

@@ -44,7 +44,7 @@ from torch import nn
 from .._registry import PaperNumbers, register_family
 from ..base import ImageClassifier, Preprocess
 from ..layers import ConvNormAct, Dropout, DropPath, HardSigmoid, LayerNorm, Mlp, fuse_linear_bn
-from ..weights import register_checkpoint_filter, rename_prefixes
+from ..weights import register_layout, rename_prefixes
 
 FAMILY = "mobile_former"
 
@@ -548,8 +548,6 @@ class MobileFormer(ImageClassifier):
 
 def _official_filter(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """Translate the official AAboys/MobileFormer keys (``features.i.conv1.0``, ``local_global.q``...) to ours."""
-    if not any(k.startswith("features.") for k in state):
-        return state
     bridge_in = {"q.": "q.", "alpha.0.": "gate.", "proj.": "proj.", "layer_norm.": "norm."}
     mapping = {"stem.0.": "stem.conv.", "stem.1.": "stem.bn.",
                "classifier.conv.1.": "head.conv.conv.", "classifier.conv.2.": "head.conv.bn.",
@@ -584,7 +582,8 @@ def _official_filter(state: dict[str, torch.Tensor], model: nn.Module) -> dict[s
     return rename_prefixes(state, mapping)
 
 
-register_checkpoint_filter(FAMILY, _official_filter)
+register_layout(FAMILY, "AAboys/MobileFormer", lambda state: any(k.startswith("features.") for k in state),
+                _official_filter)
 
 
 # The README's MAdds also count BatchNorm, two ops (scale, shift) per output element as fvcore does, so

@@ -16,7 +16,7 @@ from torch import nn
 from .._registry import PaperNumbers, register_family
 from ..base import ImageClassifier, Preprocess
 from ..layers import ConvNormAct, Dropout, InvertedResidual, make_divisible
-from ..weights import register_checkpoint_filter, rename_prefixes
+from ..weights import register_layout, rename_prefixes
 
 FAMILY = "mobilenetv3"
 
@@ -151,8 +151,6 @@ class MobileNetV3(ImageClassifier):
 
 def _timm_filter(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """Translate timm ``mobilenetv3_*`` keys (conv_stem/bn1, blocks.s.i.{conv_pw,bn1,...}) to ours."""
-    if "conv_stem.weight" not in state:
-        return state
     mapping = {"conv_stem.": "stem.conv.", "bn1.": "stem.bn."}
     last = len(model.cfg.stages)
     blocks = {k.rsplit(".", 2)[0] for k in state if k.startswith("blocks.")}
@@ -171,7 +169,7 @@ def _timm_filter(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, 
     return rename_prefixes(state, mapping)
 
 
-register_checkpoint_filter(FAMILY, _timm_filter)
+register_layout(FAMILY, "timm", lambda state: "conv_stem.weight" in state, _timm_filter)
 
 
 _SRC = "Howard et al. 2019, Table 3"

@@ -30,7 +30,7 @@ from ..layers import (
     make_divisible,
     split_qkv,
 )
-from ..weights import register_checkpoint_filter, rename_prefixes
+from ..weights import register_layout, rename_prefixes
 
 FAMILY = "mobilevit"
 
@@ -172,8 +172,6 @@ class MobileViT(ImageClassifier):
 
 def _timm_filter(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """Translate timm ``mobilevit_*`` keys: ByobNet bottleneck names and fused ``attn.qkv``."""
-    if "head.fc.weight" not in state:
-        return state
     mapping = {"head.fc.": "head."}
     for k in state:
         for src, dst in (("conv1_1x1", "conv_pw"), ("conv2_kxk", "conv_dw"), ("conv3_1x1", "conv_pwl")):
@@ -186,7 +184,55 @@ def _timm_filter(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, 
     return state
 
 
-register_checkpoint_filter(FAMILY, _timm_filter)
+register_layout(FAMILY, "timm", lambda state: "head.fc.weight" in state, _timm_filter)
+
+
+# apple/ml-cvnets module names -> ours. ConvLayer2d is ``block.conv`` + ``block.norm`` (our ConvNormAct's ``conv``
+# + ``bn``); InvertedResidual is ``block.{exp_1x1,conv_3x3,red_1x1}``; a MobileViT block's transformer is
+# ``global_rep`` (its layers, then the final LayerNorm) with ``pre_norm_mha`` = (LayerNorm, attention) and
+# ``pre_norm_ffn`` = (LayerNorm, fc1, act, dropout, fc2, dropout).
+_CVNETS_CONVS = {
+    "block.exp_1x1": "conv_pw", "block.conv_3x3": "conv_dw", "block.red_1x1": "conv_pwl",
+    "local_rep.conv_3x3": "conv_kxk", "conv_proj": "conv_proj", "fusion": "conv_fusion",
+}
+_CVNETS_LAYER = {
+    "pre_norm_mha.0.": "norm1.", "pre_norm_mha.1.qkv_proj.": "attn.qkv.", "pre_norm_mha.1.out_proj.": "attn.proj.",
+    "pre_norm_ffn.0.": "norm2.", "pre_norm_ffn.1.": "mlp.fc1.", "pre_norm_ffn.4.": "mlp.fc2.",
+}
+
+
+def _cvnets_conv(src: str, dst: str) -> dict[str, str]:
+    return {f"{src}.block.conv.": f"{dst}.conv.", f"{src}.block.norm.": f"{dst}.bn."}
+
+
+def _from_cvnets(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Translate apple/ml-cvnets MobileViT v1 keys: ``conv_1``, ``layer_1..5``, ``conv_1x1_exp``, ``classifier``."""
+    mapping = {**_cvnets_conv("conv_1", "stem"), **_cvnets_conv("conv_1x1_exp", "final_conv"),
+               "classifier.fc.": "head."}
+    for key in state:
+        parts = key.split(".")
+        if not (parts[0].startswith("layer_") and parts[0][6:].isdigit() and len(parts) > 3 and parts[1].isdigit()):
+            continue
+        stage, j = int(parts[0][6:]) - 1, int(parts[1])
+        src, dst = f"{parts[0]}.{j}", f"stages.{stage}.{j}"
+        mapping[f"{src}.local_rep.conv_1x1.block.conv."] = f"{dst}.conv_1x1."
+        for a, b in _CVNETS_CONVS.items():
+            mapping.update(_cvnets_conv(f"{src}.{a}", f"{dst}.{b}"))
+        if parts[2] == "global_rep" and parts[3].isdigit():  # transformer layer i, or the final norm at i == depth
+            i = int(parts[3])
+            block = model.stages[stage][j] if stage < len(model.stages) and j < len(model.stages[stage]) else None
+            if isinstance(block, MobileViTBlock) and i == len(block.transformer):
+                mapping[f"{src}.global_rep.{i}."] = f"{dst}.norm."
+            else:
+                mapping.update({f"{src}.global_rep.{i}.{a}": f"{dst}.transformer.{i}.{b}"
+                                for a, b in _CVNETS_LAYER.items()})
+    state = rename_prefixes(state, mapping)
+    for prefix in {k[: -len("qkv.weight")] for k in state if k.endswith("attn.qkv.weight")}:
+        split_qkv(state, prefix)
+    return state
+
+
+register_layout(FAMILY, "apple/ml-cvnets", lambda state: "conv_1x1_exp.block.conv.weight" in state, _from_cvnets)
 
 
 # MACs: the torch flop counter on timm's port of the official code with explicit attention,

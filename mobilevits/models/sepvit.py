@@ -43,7 +43,7 @@ from torch import nn
 from .._registry import PaperNumbers, register_family
 from ..base import ImageClassifier, Preprocess
 from ..layers import Dropout, DropPath, LayerNorm, Mlp, split_qkv
-from ..weights import WeightsError, register_checkpoint_filter, rename_prefixes
+from ..weights import WeightsError, register_checkpoint_fixup, register_layout, rename_prefixes
 
 FAMILY = "sepvit"
 REF_RESOLUTION = 224  # the official code computes its window counts for 224; it fixes the block kinds
@@ -362,26 +362,30 @@ def _resize_window_tokens(tokens: torch.Tensor, n_windows: int) -> torch.Tensor:
     return grid.permute(0, 2, 3, 1).reshape(1, n_windows, 1, C).to(tokens.dtype)
 
 
-def _checkpoint_filter(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Translate official (liwei109/SepViT) key names, and resample window tokens made at another resolution."""
-    if any(k.startswith("patch_embeds.") for k in state):
-        mapping = {}
-        for k in state:
-            parts = k.split(".")
-            if parts[0] == "patch_embeds":
-                mapping[f"patch_embeds.{parts[1]}."] = f"stages.{parts[1]}.patch_embed."
-            elif parts[0] == "pos_block":
-                mapping[f"pos_block.{parts[1]}.proj.0."] = f"stages.{parts[1]}.pos_block.proj."
-            elif parts[0] == "blocks":
-                mapping[f"blocks.{parts[1]}."] = f"stages.{parts[1]}.blocks."
-        state = rename_prefixes(state, mapping)
-        state = {k.replace(".attn.DSA_qkv.", ".attn.qkv.").replace(".attn.win_tokens_norm.", ".attn.wt_norm."): v
-                 for k, v in state.items()}
-        for prefix in {k[: -len("qkv.weight")] for k in state if k.endswith("attn.qkv.weight")}:
-            split_qkv(state, prefix)
-        for key in [k for k in state if ".attn.PSA_qk." in k]:
-            for name, part in zip(("psa_q", "psa_k"), state.pop(key).chunk(2, 0)):
-                state[key.replace("PSA_qk", name)] = part.contiguous()
+def _from_official(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Translate official (liwei109/SepViT) key names: per-stage lists, fused DSA qkv and PSA qk."""
+    mapping = {}
+    for k in state:
+        parts = k.split(".")
+        if parts[0] == "patch_embeds":
+            mapping[f"patch_embeds.{parts[1]}."] = f"stages.{parts[1]}.patch_embed."
+        elif parts[0] == "pos_block":
+            mapping[f"pos_block.{parts[1]}.proj.0."] = f"stages.{parts[1]}.pos_block.proj."
+        elif parts[0] == "blocks":
+            mapping[f"blocks.{parts[1]}."] = f"stages.{parts[1]}.blocks."
+    state = rename_prefixes(state, mapping)
+    state = {k.replace(".attn.DSA_qkv.", ".attn.qkv.").replace(".attn.win_tokens_norm.", ".attn.wt_norm."): v
+             for k, v in state.items()}
+    for prefix in {k[: -len("qkv.weight")] for k in state if k.endswith("attn.qkv.weight")}:
+        split_qkv(state, prefix)
+    for key in [k for k in state if ".attn.PSA_qk." in k]:
+        for name, part in zip(("psa_q", "psa_k"), state.pop(key).chunk(2, 0)):
+            state[key.replace("PSA_qk", name)] = part.contiguous()
+    return state
+
+
+def _resize_windows(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Resample window tokens made at another resolution (any layout), with a warning."""
     own = model.state_dict()
     resized = []
     for key, value in list(state.items()):
@@ -395,12 +399,14 @@ def _checkpoint_filter(state: dict[str, torch.Tensor], model: nn.Module) -> dict
             f"SepViT window tokens were made for another resolution than {getattr(model, 'resolution', '?')} "
             f"and were resampled (bicubic, as 2-D window grids): {', '.join(resized)}. The model differs from "
             f"the one the weights were trained as; fine-tune at this resolution for best accuracy.",
-            UserWarning, stacklevel=3,
+            UserWarning, stacklevel=4,
         )
     return state
 
 
-register_checkpoint_filter(FAMILY, _checkpoint_filter)
+register_layout(FAMILY, "liwei109/SepViT", lambda state: any(k.startswith("patch_embeds.") for k in state),
+                _from_official)
+register_checkpoint_fixup(FAMILY, _resize_windows)
 
 
 # Params and MACs are our measurements of the official code (docs/models.md#sepvit-lite); the paper's lite

@@ -415,7 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--precision", default="fp32", choices=precisions(),
                    help="fp32, int8 (all backends); fp16, w8 (coreml only)")
     s.add_argument("--resolution", type=_positive_int, help="input side in pixels (default: the model's)")
-    s.add_argument("--weights", help=".pt/.pth/.safetensors state dict (default: random init, re-randomised norms)")
+    s.add_argument("--weights", help="checkpoint (.safetensors/.pt/.pth/.pth.tar/.bin) in our, timm's or the official "
+                   "code's layout, see docs/checkpoints.md (default: random init, re-randomised norms)")
     s.add_argument("--num-classes", type=_positive_int, default=1000)
     s.add_argument("--out", default="out", help="output folder (default: out)")
     s.add_argument("--delegate", default="xnnpack", choices=["xnnpack", "coreml"],
