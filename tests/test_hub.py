@@ -109,7 +109,7 @@ def test_convert_and_predict_take_a_hub_id(hub_cache, tmp_path):
 
 
 def test_weights_for_other_classes_keep_the_backbone_and_get_a_fresh_classifier(hub_cache, tmp_path):
-    from mobilevits.workflows.training import _starting_model
+    from mobilevits.workflows.training import _starting_model, _weights_file
 
     fx = hub_cache["fixture"]
     path = tmp_path / "timm10.safetensors"
@@ -125,7 +125,7 @@ def test_weights_for_other_classes_keep_the_backbone_and_get_a_fresh_classifier(
     ten = mobilevits.create_model("mobilevit_tiny", num_classes=10, resolution=160, weights=path).state_dict()
     assert all(torch.equal(after[k], ten[k]) for k in after if k not in reset)  # the backbone is the checkpoint's
     logged = []
-    net = _starting_model("mobilevit_tiny", 5, 160, "timm/mobilevit_tiny.test", logged.append)
+    net = _starting_model("mobilevit_tiny", 5, 160, _weights_file("timm/mobilevit_tiny.test"), logged.append)
     assert net.num_classes == 5 and "fresh classifier for 5 classes" in logged[0]
 
 

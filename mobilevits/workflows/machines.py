@@ -12,6 +12,7 @@ numerics, but emulated time (``emulated: True``), never a phone's.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import shlex
@@ -166,18 +167,32 @@ def qemu_binary() -> str:
     return os.environ.get("MOBILEVITS_QEMU") or "qemu-aarch64"
 
 
+def _qemu_says(*args: str) -> str:
+    """stdout of ``qemu-aarch64 ARGS``, asked once per binary (and its modification time) per process."""
+    binary = qemu_binary()
+    path = shutil.which(binary) or binary
+    try:
+        stamp = os.stat(path).st_mtime_ns
+    except OSError:
+        stamp = 0
+    return _qemu_says_cached(path, stamp, args)
+
+
+@functools.lru_cache(maxsize=32)
+def _qemu_says_cached(path: str, stamp: int, args: tuple[str, ...]) -> str:
+    return _run([path, *args], 60, "apt-get install qemu-user").stdout
+
+
 def qemu_cpus() -> list[str]:
     """CPU models this qemu-aarch64 emulates (``qemu-aarch64 -cpu help``)."""
-    p = _run([qemu_binary(), "-cpu", "help"], 60, "apt-get install qemu-user")
-    return [w for w in p.stdout.split() if w not in ("Available", "CPUs:")]
+    return [w for w in _qemu_says("-cpu", "help").split() if w not in ("Available", "CPUs:")]
 
 
 def qemu_version() -> tuple[int, ...]:
     """(major, minor, ...) of the qemu-aarch64 in use."""
     import re
 
-    first = _run([qemu_binary(), "--version"], 60, "apt-get install qemu-user").stdout
-    m = re.search(r"version (\d+)\.(\d+)", first)
+    m = re.search(r"version (\d+)\.(\d+)", _qemu_says("--version"))
     return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
 
@@ -219,7 +234,7 @@ class QemuArm64(LocalDevice):
         return [self.qemu, "-L", str(QEMU_SYSROOT), "-cpu", self.cpu, *sets]
 
     def info(self) -> dict[str, Any]:
-        v = _run([self.qemu, "--version"], 60, "qemu-user").stdout.splitlines()
+        v = _qemu_says("--version").splitlines()
         return {"kind": "qemu-arm64", "arch": "aarch64", "cpu": self.cpu, "emulated": True,
                 "emulator": v[0] if v else "qemu-aarch64"}
 

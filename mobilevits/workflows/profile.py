@@ -76,12 +76,9 @@ def summarize_etdump(path: str | Path, runs: int) -> dict[str, Any]:
             "delegate_overhead_ms": None if delegate is None else max(delegate - delegated_ms, 0.0)}
 
 
-def profile_artifact(artifact: str | Path, device: str = "host", threads: int = 1, warmup: int = 2,
-                     iterations: int = 5, etdump: str | Path | None = None, seed: int = 0) -> dict[str, Any]:
-    """Run ``artifact`` (.pte) through the native runner on ``device`` with an ETDump and summarise it."""
+def _program_and_input(artifact: str | Path, seed: int) -> tuple[Path, dict[str, Any], np.ndarray]:
+    """The .pte, its sidecar and a seeded random input of the program's shape (profiles need no real image)."""
     from converters import read_sidecar
-
-    from .machines import NativeSession, open_device
 
     artifact = Path(artifact)
     if artifact.suffix != ".pte":
@@ -89,7 +86,15 @@ def profile_artifact(artifact: str | Path, device: str = "host", threads: int = 
     if not artifact.is_file():
         raise FileNotFoundError(f"no such program: {artifact}")
     meta = read_sidecar(artifact)
-    x = np.random.default_rng(seed).random(tuple(meta["input"]["shape"]), dtype=np.float32)
+    return artifact, meta, np.random.default_rng(seed).random(tuple(meta["input"]["shape"]), dtype=np.float32)
+
+
+def profile_artifact(artifact: str | Path, device: str = "host", threads: int = 1, warmup: int = 2,
+                     iterations: int = 5, etdump: str | Path | None = None, seed: int = 0) -> dict[str, Any]:
+    """Run ``artifact`` (.pte) through the native runner on ``device`` with an ETDump and summarise it."""
+    from .machines import NativeSession, open_device
+
+    artifact, meta, x = _program_and_input(artifact, seed)
     with tempfile.TemporaryDirectory(prefix="mobilevits-profile-") as d:
         trace = Path(etdump) if etdump else Path(d) / "trace.etdp"
         with open_device(device) as dev, NativeSession(dev, artifact, threads=threads) as s:
@@ -106,16 +111,14 @@ def count_instructions(artifact: str | Path, threads: int = 1, seed: int = 0) ->
     """Instructions retired per forward by the host build of the runner, counted by valgrind (callgrind):
     a cost figure that machine load cannot move. Two runs (1 and 3 timed forwards) cancel the load and
     the first inference: per forward = (I3 - I1) / 2."""
-    from converters import RuntimeUnavailableError, read_sidecar
+    from converters import RuntimeUnavailableError
 
     from .native import build_runner
 
     if shutil.which("valgrind") is None:
         raise RuntimeUnavailableError("--instructions counts with valgrind: apt-get install valgrind")
-    artifact = Path(artifact)
-    meta = read_sidecar(artifact)
+    artifact, _, x = _program_and_input(artifact, seed)
     bundle = build_runner("host")
-    x = np.random.default_rng(seed).random(tuple(meta["input"]["shape"]), dtype=np.float32)
     counts = {}
     with tempfile.TemporaryDirectory(prefix="mobilevits-instr-") as d:
         np.save(Path(d) / "x.npy", x)

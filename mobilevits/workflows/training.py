@@ -372,21 +372,27 @@ def _hub_as_weights(model: str, weights: str | Path | None) -> tuple[str, str | 
     return resolve_pretrained(model).architecture, model
 
 
-def _starting_model(model: str, num_classes: int, resolution: int, weights: str | Path | None,
-                    log: Callable[[str], None]) -> nn.Module:
-    """The model to train: fresh, or from ``weights`` (a file or a hub id); weights made for another
-    number of classes keep their backbone and get a fresh classifier (logged)."""
+def _weights_file(weights: str | Path | None) -> str | Path | None:
+    """The checkpoint file behind ``weights``: itself, or a hub id's cached file (resolved once per run)."""
     from ..hub import is_hub_id
+
+    if weights is not None and is_hub_id(str(weights)):
+        from .._registry import resolve_pretrained
+
+        return resolve_pretrained(str(weights)).weights
+    return weights
+
+
+def _starting_model(model: str, num_classes: int, resolution: int, weights_file: str | Path | None,
+                    log: Callable[[str], None] | None) -> nn.Module:
+    """The model to train: fresh, or from ``weights_file``; weights made for another number of classes keep
+    their backbone and get a fresh classifier (logged when ``log`` is given)."""
     from ..weights import load_weights
 
     net = create_model(model, num_classes=num_classes, resolution=resolution)
-    if weights is not None:
-        if is_hub_id(str(weights)):
-            from .._registry import resolve_pretrained
-
-            weights = resolve_pretrained(str(weights)).weights
-        reset = load_weights(net, weights, new_head=True)["reset"]
-        if reset:
+    if weights_file is not None:
+        reset = load_weights(net, weights_file, new_head=True)["reset"]
+        if reset and log is not None:
             log(f"weights were made for other classes: fresh classifier for {num_classes} classes "
                 f"({', '.join(reset)})")
     return net
@@ -421,7 +427,7 @@ def train(
     probe = create_model(model, resolution=resolution)
     split = load_split(data, probe.preprocess, seed)
     torch.manual_seed(seed)
-    net = _starting_model(model, split.num_classes, resolution, weights, log)
+    net = _starting_model(model, split.num_classes, resolution, _weights_file(weights), log)
     module = Normalize(net, net.preprocess.mean, net.preprocess.std)
     meta = {"model": model, "resolution": resolution, "data": data, "num_classes": split.num_classes,
             "weights": str(weights) if weights else None, "recipe": asdict(recipe)}
@@ -529,8 +535,12 @@ def qat(
     probe = create_model(model, resolution=resolution)
     split = load_split(data, probe.preprocess, seed)
 
-    def float_model() -> nn.Module:
-        net = _starting_model(model, split.num_classes, resolution, weights, log)
+    weights_file = _weights_file(weights)
+    logged = []
+
+    def float_model() -> nn.Module:  # built twice (reference, QAT start): resolved and logged once
+        net = _starting_model(model, split.num_classes, resolution, weights_file, None if logged else log)
+        logged.append(True)
         return Normalize(net, net.preprocess.mean, net.preprocess.std)
 
     ref = conv.prepare_model(reparameterize_model(float_model()))
