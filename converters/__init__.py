@@ -17,6 +17,7 @@ from .base import (
     atomic_write_text,
     backends,
     get_converter,
+    keep_float_modules,
     precisions,
     quiet,
     register_converter,
@@ -41,7 +42,8 @@ from .pipeline import (
 __all__ = [
     "SIDECAR_FORMAT", "ConversionError", "Converter", "Delegation", "RuntimeUnavailableError", "Session",
     "UnsupportedError", "artifact_stem", "atomic_replace", "atomic_write_text", "backends", "build_source",
-    "calibrate_and_quantize", "check_artifact", "compare", "convert", "get_converter", "precisions",
+    "calibrate_and_quantize", "check_artifact", "compare", "convert", "get_converter", "keep_float_modules",
+    "precisions",
     "quantized_reference", "quiet", "read_sidecar", "register_converter", "remove_path", "run_artifact",
     "sidecar_path", "sqnr_db", "tool_versions", "topk_agreement", "write_sidecar",
 ]

@@ -122,8 +122,9 @@ class Converter(ABC):
         """Can this host execute the artifacts? ``(True, "")`` or ``(False, reason)``."""
         return _importable(self.runtime_packages or self.packages)
 
-    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
-        """Pick the deploy formulations this backend runs fastest, in place, before export; returns it.
+    def prepare_model(self, model: torch.nn.Module, precision: str = "fp32") -> torch.nn.Module:
+        """Pick the deploy formulations this backend runs fastest at ``precision``, in place, before export
+        (and before quantisation-aware training for it); returns the model.
 
         Every choice computes the same function (tested in the model code); default: no change.
         """
@@ -235,6 +236,42 @@ def keep_float(quantizer: Any) -> Any:
     return quantizer
 
 
+def keep_float_modules(quantizer: Any, model: torch.nn.Module, patterns: list[str]) -> list[str]:
+    """Mixed precision: leave the modules ``patterns`` name in float; returns the module names kept float.
+
+    A pattern is a module name of the model (``head``, ``stages.2``; ``fnmatch`` wildcards: ``stages.*.attn``) or
+    a module class name (``Attention``, ``DynamicReLU``). The quantizer does not annotate their ops, so they run
+    in fp32 between a dequantise and a quantise (still inside the delegate where the backend has fp32 kernels).
+    """
+    import fnmatch
+
+    if not hasattr(quantizer, "module_name_config"):
+        raise UnsupportedError(f"{type(quantizer).__name__} cannot leave modules in float (--keep-float)")
+    inner = model.model if type(model).__name__ == "Normalize" else model  # names as the user's model has them
+    prefix = "model." if inner is not model else ""
+    modules = [(n, m) for n, m in inner.named_modules() if n]
+    kept = []
+    for pattern in patterns:
+        hits = [n for n, m in modules if fnmatch.fnmatchcase(n, pattern) or type(m).__name__ == pattern]
+        if not hits:
+            examples = ", ".join(n for n, _ in modules if n.count(".") == 0)
+            raise ValueError(f"--keep-float {pattern!r} matches no module of {getattr(inner, 'name', 'the model')}: "
+                             f"give module names (top level: {examples}; wildcards like 'stages.*.attn') or "
+                             f"class names (e.g. {type(modules[-1][1]).__name__})")
+        kept += [n for n in hits if not any(n.startswith(k + ".") for k in hits)]  # outermost only
+    litert = type(quantizer).__module__.startswith("litert_torch")
+    for name in dict.fromkeys(kept):
+        # both quantizers accept None here (skip the module; the global config excludes it too) although
+        # their set_module_name asserts a config
+        quantizer.module_name_config[prefix + name] = None
+        if litert:
+            # litert-torch 0.10 reads module names from nn_module_stack keys as key[len("L__self___"):] with "_"
+            # turned into ".", written for dynamo's keys; torch.export's are "L__self__" + the qualified name,
+            # so it compares against that mangled form (measured: without it nothing is kept float)
+            quantizer.module_name_config[("L__self__" + prefix + name)[len("L__self___"):].replace("_", ".")] = None
+    return list(dict.fromkeys(kept))
+
+
 def _importable(modules: tuple[str, ...]) -> tuple[bool, str]:
     for mod in modules:
         try:
@@ -244,6 +281,12 @@ def _importable(modules: tuple[str, ...]) -> tuple[bool, str]:
             return False, (f"python module {mod!r} cannot be imported ({type(e).__name__}: {e}); "
                            f"install the pinned toolchain with `make install`")
     return True, ""
+
+
+# Deploy formulations (mobilevits.layers.set_deploy_forms) for backends whose int8 kernels lack a hardswish or a
+# maximum: the same functions written with add, clamp, mul and relu, which stay int8. fp32 keeps the one-kernel forms.
+FP32_FORMS = {"hardswish": "native", "dyrelu": "max"}
+INT8_FORMS = {"hardswish": "int8", "dyrelu": "relu"}
 
 
 _NOISY_LOGGERS = ("absl", "executorch", "coremltools", "litert_torch", "torch._export", "torchao",

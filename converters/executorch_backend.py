@@ -15,6 +15,8 @@ import numpy as np
 import torch
 
 from .base import (
+    FP32_FORMS,
+    INT8_FORMS,
     Converter,
     Delegation,
     RuntimeUnavailableError,
@@ -83,12 +85,14 @@ class ExecuTorchConverter(Converter):
         q = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=qat))
         return keep_float(q)
 
-    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+    def prepare_model(self, model: torch.nn.Module, precision: str = "fp32") -> torch.nn.Module:
         # XNNPACK's mean takes only NHWC dims (2, 3), so ExecuTorch wraps LayerNorm's means in layout
         # copies; a linear with a 1/C row halves LayerNorm's time here (see layers.LayerNorm)
-        from mobilevits.layers import set_layernorm_mean
+        from mobilevits.layers import set_deploy_forms, set_layernorm_mean
 
-        return set_layernorm_mean(model, "linear")
+        set_layernorm_mean(model, "linear")
+        # XNNPACK has no int8 hardswish or maximum: their int8 forms use add, clamp, mul and relu
+        return set_deploy_forms(model, **(INT8_FORMS if precision == "int8" else FP32_FORMS))
 
     def lower(self, program: torch.export.ExportedProgram, precision: str, path: Path, quantized: bool,
               delegate: str = "xnnpack", **options: Any) -> Delegation:

@@ -26,6 +26,7 @@ from mobilevits._registry import resolve_pretrained
 from mobilevits.base import Normalize
 from mobilevits.hub import is_hub_id
 from mobilevits.labels import resolve_labels
+from mobilevits.layers import deploy_forms, parse_deploy_forms, set_deploy_forms
 
 from .base import (
     ConversionError,
@@ -37,6 +38,7 @@ from .base import (
     atomic_replace,
     atomic_write_text,
     get_converter,
+    keep_float_modules,
     quiet,
     remove_path,
     tool_versions,
@@ -162,7 +164,9 @@ class ConvertRequest:
     calibrate int8 activations (PTQ); require_full_delegation: fail when an operator stays outside the
     delegate; quantized_model: an already quantised graph (QAT), which skips calibration, with
     ``quantization_info`` recorded in the sidecar; labels: class names (``imagenet1k``, a file, or a list),
-    written into the sidecar for ``predict`` and the apps.
+    written into the sidecar for ``predict`` and the apps; forms: deploy formulations that override the
+    backend's choice (``{"hardswish": "native"}`` or ``["hardswish=native"]``; same function, other ops);
+    keep_float: int8 only, module names or class names left in float (mixed precision, PTQ).
     """
 
     model: str
@@ -184,6 +188,8 @@ class ConvertRequest:
     quantized_model: torch.nn.Module | None = None
     quantization_info: dict[str, Any] | None = None
     labels: str | Path | list[str] | None = None
+    forms: dict[str, str] | list[str] | None = None
+    keep_float: list[str] | None = None
     show_progress: bool = True
 
 
@@ -262,6 +268,8 @@ def _plan(r: ConvertRequest) -> Conversion:
         raise UnsupportedError(f"unknown ExecuTorch delegate {r.delegate!r}; choose xnnpack or coreml")
     if r.to != "executorch" and r.delegate != "xnnpack":
         raise UnsupportedError("--delegate applies to the executorch backend only")
+    if r.keep_float and r.precision != "int8":
+        raise UnsupportedError(f"--keep-float chooses what stays float in an int8 model; this is {r.precision}")
     if r.to == "executorch" and r.delegate == "coreml" and r.precision != "fp32":
         raise UnsupportedError("the ExecuTorch Core ML delegate is offered in fp32 here; use --to coreml for "
                                "fp16/int8/w8 Core ML models")
@@ -274,6 +282,7 @@ def _plan(r: ConvertRequest) -> Conversion:
     named = resolve_labels(r.labels, r.num_classes)  # (names, source) or None; a misfit fails here
     if named is not None and hub_id is not None and names_from_hub:
         named = (named[0], hub_id)
+    forms = parse_deploy_forms(r.forms)  # an unknown kind or form fails here
     overrides = dict(r.overrides or {})
     for key, value in overrides.items():
         # the sidecar must rebuild the source from JSON; a dataclass or tensor would come back a string
@@ -299,7 +308,7 @@ def _plan(r: ConvertRequest) -> Conversion:
     job = Conversion(request=r, conv=conv, info=info, resolution=resolution, out_dir=out_dir, source=source,
                      labels=None if named is None else {"source": named[1], "names": named[0]},
                      step=_progress(["export", "quantize", "lower", "check"], r.show_progress))
-    job.model = conv.prepare_model(build_source(source))
+    job.model = set_deploy_forms(conv.prepare_model(build_source(source), r.precision), **forms)
     return job
 
 
@@ -322,6 +331,7 @@ def _quantize(job: Conversion) -> None:
     """int8: calibrate once (PTQ) or take the QAT graph; the quantised graph becomes what is lowered."""
     r = job.request
     job.quantizer = job.conv.quantizer(r.precision)
+    kept = keep_float_modules(job.quantizer, job.model, r.keep_float) if r.keep_float and job.quantizer else None
     if r.quantized_model is not None:
         job.quantized = r.quantized_model
         job.quant_meta = dict(r.quantization_info or {"source": "provided"})
@@ -333,6 +343,8 @@ def _quantize(job: Conversion) -> None:
         job.quant_meta = {"source": "ptq", "quantizer": type(job.quantizer).__name__,
                           "scheme": "int8 static activations, per-channel symmetric int8 weights",
                           "calibration": {"data": r.calibration, "count": int(calib.shape[0])}}
+        if kept:
+            job.quant_meta["keep_float"] = kept
     elif job.conv.weight_quantization(r.precision):
         job.quant_meta = {"source": "weight-only", "scheme": "int8 symmetric per-channel weights, fp16 compute"}
     if job.quantized is not None:
@@ -392,6 +404,7 @@ def _write(job: Conversion) -> None:
                        "app_steps": "resize short side to resolution/crop_pct, centre-crop resolution, "
                                     "RGB float in [0,1]" + ("" if r.normalize_in_model else ", then (x-mean)/std")},
         "quantization": job.quant_meta,
+        "formulation": deploy_forms(job.model),
         "tool_versions": tool_versions(),
         "delegation": job.report.to_dict(),
         "check": None,
@@ -462,8 +475,12 @@ def quantized_reference(meta: dict[str, Any], src: torch.nn.Module) -> torch.nn.
     if q.get("source") == "ptq":
         conv = get_converter(meta["backend"])
         calib = _calibration_data(q["calibration"]["data"], src.preprocess, q["calibration"]["count"])
-        src = conv.prepare_model(copy.deepcopy(src))  # the formulation the artifact was exported with
-        return calibrate_and_quantize(src, conv.quantizer(meta["precision"]), calib, conv.fold_quantize)
+        src = conv.prepare_model(copy.deepcopy(src), meta["precision"])
+        set_deploy_forms(src, **parse_deploy_forms(meta.get("formulation")))  # as the artifact was exported
+        quantizer = conv.quantizer(meta["precision"])
+        if q.get("keep_float"):
+            keep_float_modules(quantizer, src, q["keep_float"])
+        return calibrate_and_quantize(src, quantizer, calib, conv.fold_quantize)
     if q.get("source") == "qat" and q.get("reference"):
         ref = Path(q["reference"])
         if not ref.is_file():

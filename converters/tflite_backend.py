@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import Converter, Delegation, Session, keep_float, quiet, register_converter
+from .base import FP32_FORMS, INT8_FORMS, Converter, Delegation, Session, keep_float, quiet, register_converter
 
 
 @register_converter
@@ -31,6 +31,12 @@ class TFLiteConverter(Converter):
     def compare_layers(self, path: Path, graph: Any, x: Any) -> dict[str, Any]:
         return compare_layers(path, graph, x)
 
+
+    def prepare_model(self, model: torch.nn.Module, precision: str = "fp32") -> torch.nn.Module:
+        # LiteRT's XNNPACK delegate takes no int8 HARD_SWISH or MAXIMUM: their int8 forms use add, clamp, mul, relu
+        from mobilevits.layers import set_deploy_forms
+
+        return set_deploy_forms(model, **(INT8_FORMS if precision == "int8" else FP32_FORMS))
 
     def quantizer(self, precision: str, qat: bool = False):
         if precision != "int8":

@@ -24,6 +24,10 @@ from torch import nn
 __all__ = [
     "make_divisible",
     "get_act",
+    "HardSigmoid",
+    "HardSwish",
+    "set_deploy_forms",
+    "deploy_forms",
     "ConvNormAct",
     "LinearNorm",
     "SqueezeExcite",
@@ -49,16 +53,45 @@ def make_divisible(v: float, divisor: int = 8, min_value: int | None = None, rou
 
 
 class HardSigmoid(nn.Module):
-    """relu6(x + 3) / 6, written with ops every backend lowers (no aten.hardsigmoid decomposition)."""
+    """relu6(x + 3) / 6, written with ops every backend lowers (no aten.hardsigmoid decomposition).
+
+    The 1/6 is a multiplication: ExecuTorch's XNNPACK has no int8 division, so ``/ 6`` would leave an
+    fp32 island in every int8 graph (the two differ by at most one rounding).
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu6(x + 3.0) / 6.0
+        return F.relu6(x + 3.0) * (1.0 / 6.0)
+
+
+class HardSwish(nn.Module):
+    """x * relu6(x + 3) / 6 in one of two formulations of the same function (``form``):
+
+    * ``"native"``: one ``aten.hardswish``, one fp32 kernel on every backend (the fp32 deploy form);
+    * ``"int8"``: ``x * (relu6(x + 3) * (1/6))``, an add, a clamp and two multiplications that int8
+      backends keep in int8. ExecuTorch's XNNPACK has no int8 hardswish and LiteRT leaves an int8
+      HARD_SWISH outside its delegate, so the native form costs a dequantise -> fp32 -> quantise island
+      per activation there. The gate ``relu6(x + 3) / 6`` is in [0, 1], so quantising it loses little.
+
+    :func:`set_deploy_forms` switches it; the two forms agree to within float rounding (tested).
+    """
+
+    deploy_kind = "hardswish"
+    forms = ("native", "int8")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.form = "native"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.form == "int8":
+            return x * (F.relu6(x + 3.0) * (1.0 / 6.0))
+        return F.hardswish(x)
 
 
 _ACTS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
     "relu6": nn.ReLU6,
-    "hswish": nn.Hardswish,
+    "hswish": HardSwish,
     # not nn.Hardsigmoid: ExecuTorch decomposes aten.hardsigmoid with 0-d float64 constants whose dtype
     # casts (_to_dim_order_copy) stay outside the XNNPACK delegate (16 in MobileNetV3-Small)
     "hsigmoid": HardSigmoid,
@@ -289,6 +322,16 @@ class LayerNorm(nn.LayerNorm):
     """
 
     mean_op: str = "mean"
+    deploy_kind = "layernorm_mean"  # set_deploy_forms(model, layernorm_mean=...) sets mean_op
+    forms = ("mean", "linear")
+
+    @property
+    def form(self) -> str:
+        return self.mean_op
+
+    @form.setter
+    def form(self, value: str) -> None:
+        self.mean_op = value
 
     def __init__(self, normalized_shape: int | tuple[int, ...], eps: float = 1e-5, **kwargs) -> None:
         super().__init__(normalized_shape, eps=eps, **kwargs)
@@ -321,14 +364,71 @@ class LayerNorm(nn.LayerNorm):
         return y
 
 
+# kind -> its forms, for every module class that offers alternatives (register_deploy_kind)
+DEPLOY_KINDS: dict[str, tuple[str, ...]] = {}
+
+
+def register_deploy_kind(kind: str, forms: tuple[str, ...]) -> None:
+    """Declare a kind of deploy formulation and its forms (the first is the module's default)."""
+    DEPLOY_KINDS[kind] = forms
+
+
+def parse_deploy_forms(items: list[str] | dict[str, str] | None) -> dict[str, str]:
+    """``["hardswish=native", ...]`` or a dict -> ``{kind: form}``, every kind and form checked."""
+    if not items:
+        return {}
+    pairs = items.items() if isinstance(items, dict) else [i.partition("=")[::2] for i in items]
+    out = {}
+    for kind, form in pairs:
+        if kind not in DEPLOY_KINDS:
+            raise ValueError(f"unknown formulation kind {kind!r}; kinds: "
+                             + ", ".join(f"{k} ({'/'.join(v)})" for k, v in sorted(DEPLOY_KINDS.items())))
+        if form not in DEPLOY_KINDS[kind]:
+            raise ValueError(f"unknown {kind} form {form!r}; choose one of {', '.join(DEPLOY_KINDS[kind])}")
+        out[kind] = form
+    return out
+
+
+def set_deploy_forms(model: nn.Module, **forms: str) -> nn.Module:
+    """Choose deploy formulations in place, by kind: ``set_deploy_forms(m, hardswish="int8", dyrelu="relu")``.
+
+    Modules that offer alternatives carry ``deploy_kind``, ``forms`` and ``form``; every form of a kind computes
+    the same function. Converters call this per backend and precision (``Converter.prepare_model``).
+    """
+    kinds = {}
+    for m in model.modules():
+        kind = getattr(m, "deploy_kind", None)
+        if kind is not None:
+            kinds[kind] = m.forms
+    for kind, form in forms.items():
+        if kind in kinds and form not in kinds[kind]:
+            raise ValueError(f"unknown {kind} form {form!r}; choose one of {', '.join(kinds[kind])}")
+    for m in model.modules():
+        form = forms.get(getattr(m, "deploy_kind", None))
+        if form is not None:
+            m.form = form
+    return model
+
+
+def deploy_forms(model: nn.Module) -> dict[str, str]:
+    """The formulation of each kind in ``model`` (``{"hardswish": "int8", "layernorm_mean": "linear"}``)."""
+    out: dict[str, set[str]] = {}
+    for m in model.modules():
+        kind = getattr(m, "deploy_kind", None)
+        if kind is not None:
+            out.setdefault(kind, set()).add(m.form)
+    return {k: "/".join(sorted(v)) for k, v in sorted(out.items())}
+
+
+register_deploy_kind(HardSwish.deploy_kind, HardSwish.forms)
+register_deploy_kind(LayerNorm.deploy_kind, LayerNorm.forms)
+
+
 def set_layernorm_mean(model: nn.Module, mean_op: str) -> nn.Module:
     """Choose how every :class:`LayerNorm` in ``model`` takes its means (``"mean"`` or ``"linear"``), in place."""
-    if mean_op not in ("mean", "linear"):
+    if mean_op not in LayerNorm.forms:
         raise ValueError(f"unknown LayerNorm mean_op {mean_op!r}; choose 'mean' or 'linear'")
-    for m in model.modules():
-        if isinstance(m, LayerNorm):
-            m.mean_op = mean_op
-    return model
+    return set_deploy_forms(model, layernorm_mean=mean_op)
 
 
 class Mlp(nn.Module):

@@ -32,7 +32,7 @@ from torch import nn
 
 from .._registry import PaperNumbers, register_family
 from ..base import ImageClassifier, Preprocess
-from ..layers import ConvNormAct, Dropout, DropPath, LinearNorm, conv_out, fuse_bn_linear
+from ..layers import ConvNormAct, Dropout, DropPath, HardSwish, LinearNorm, conv_out, fuse_bn_linear
 from ..weights import register_checkpoint_fixup, register_layout
 
 FAMILY = "levit"
@@ -190,7 +190,7 @@ class Attention(BiasedAttention):
         self.q = LinearNorm(dim, num_heads * key_dim)
         self.k = LinearNorm(dim, num_heads * key_dim)
         self.v = LinearNorm(dim, num_heads * val_dim)
-        self.act = nn.Hardswish()
+        self.act = HardSwish()
         self.proj = LinearNorm(num_heads * val_dim, dim, bn_weight_init=0.0)  # residual branch starts at 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -209,7 +209,7 @@ class AttentionDownsample(BiasedAttention):
         self.q = LinearNorm(in_dim, num_heads * key_dim)
         self.k = LinearNorm(in_dim, num_heads * key_dim)
         self.v = LinearNorm(in_dim, num_heads * val_dim)
-        self.act = nn.Hardswish()
+        self.act = HardSwish()
         self.proj = LinearNorm(num_heads * val_dim, out_dim)
         self.subsample_weight: torch.Tensor
         self.register_buffer("subsample_weight", torch.ones(in_dim, 1, 1, 1), persistent=False)
@@ -225,7 +225,7 @@ class LeViTMlp(nn.Module):
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
         self.ln1 = LinearNorm(dim, hidden)
-        self.act = nn.Hardswish()
+        self.act = HardSwish()
         self.ln2 = LinearNorm(hidden, dim, bn_weight_init=0.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

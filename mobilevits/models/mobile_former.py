@@ -43,7 +43,17 @@ from torch import nn
 
 from .._registry import PaperNumbers, register_family
 from ..base import ImageClassifier, Preprocess
-from ..layers import ConvNormAct, Dropout, DropPath, HardSigmoid, LayerNorm, Mlp, fuse_linear_bn
+from ..layers import (
+    ConvNormAct,
+    Dropout,
+    DropPath,
+    HardSigmoid,
+    HardSwish,
+    LayerNorm,
+    Mlp,
+    fuse_linear_bn,
+    register_deploy_kind,
+)
 from ..weights import register_layout, rename_prefixes
 
 FAMILY = "mobile_former"
@@ -194,10 +204,20 @@ class DynamicReLU(nn.Module):
 
     The coefficients come from the first global token: Linear d -> d/r, ReLU, Linear -> 2C,
     hard sigmoid h in [0, 1]; ``a1 = 2 h[:C]`` in [0, 2] and ``a2 = 2 h[C:] - 1`` in [-1, 1].
+
+    ``form`` (set by :func:`mobilevits.layers.set_deploy_forms`, kind ``dyrelu``): ``"max"`` computes the
+    maximum; ``"relu"`` computes the same function as ``a2 * x + relu((a1 - a2) * x)``, since
+    max(u, v) = v + relu(u - v). Int8 backends have no int8 maximum (ExecuTorch's XNNPACK, LiteRT's delegate),
+    while multiplications, additions and ReLU stay int8. ``a1 - a2`` is computed on the (B, C, 1, 1)
+    coefficients, not on the feature map.
     """
+
+    deploy_kind = "dyrelu"
+    forms = ("max", "relu")
 
     def __init__(self, chs: int, token_dim: int, reduction: int = 4) -> None:
         super().__init__()
+        self.form = "max"
         self.chs = chs
         self.fc1 = nn.Linear(token_dim, token_dim // reduction)
         self.act = nn.ReLU()
@@ -206,13 +226,20 @@ class DynamicReLU(nn.Module):
 
     def coefficients(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(a1, a2), each (B, C, 1, 1), from tokens ``z`` (B, M, d)."""
-        h = self.gate(self.fc2(self.act(self.fc1(z[:, :1]))))  # (B, 1, 2C): token 0 by slicing, no select
-        h = h.reshape(-1, 2 * self.chs, 1, 1)
+        h = self.fc2(self.act(self.fc1(z[:, :1])))  # (B, 1, 2C): token 0 by slicing, no select
+        # reshape before the (elementwise) gate: reshaping the gate's int8 output trips litert-torch's
+        # same-scale check on tfl.reshape (measured on mobile_former_tiny int8)
+        h = self.gate(h.reshape(-1, 2 * self.chs, 1, 1))
         return h[:, : self.chs] * 2.0, h[:, self.chs :] * 2.0 - 1.0
 
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         a1, a2 = self.coefficients(z)
+        if self.form == "relu":
+            return x * a2 + F.relu(x * (a1 - a2))
         return torch.maximum(x * a1, x * a2)
+
+
+register_deploy_kind(DynamicReLU.deploy_kind, DynamicReLU.forms)
 
 
 class Bottleneck(nn.Module):
@@ -469,10 +496,10 @@ class MergeHead(nn.Module):
         hidden = in_chs * exp
         self.shuffle = _shuffle(groups)
         self.conv = ConvNormAct(in_chs, hidden, 1, groups=groups, act="relu6")
-        self.pool_act = nn.Hardswish()
+        self.pool_act = HardSwish()
         self.fc = nn.Linear(hidden + token_dim, num_features)
         self.bn: nn.Module = nn.BatchNorm1d(num_features)
-        self.act = nn.Hardswish()
+        self.act = HardSwish()
         self.drop = Dropout(drop_rate)
         self.classifier = nn.Linear(num_features, num_classes)
 

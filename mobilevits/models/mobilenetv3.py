@@ -15,7 +15,7 @@ from torch import nn
 
 from .._registry import PaperNumbers, register_family
 from ..base import ImageClassifier, Preprocess
-from ..layers import ConvNormAct, Dropout, InvertedResidual, make_divisible
+from ..layers import ConvNormAct, Dropout, HardSwish, InvertedResidual, make_divisible
 from ..weights import register_layout, rename_prefixes
 
 FAMILY = "mobilenetv3"
@@ -125,7 +125,7 @@ class MobileNetV3(ImageClassifier):
         self.final_conv = ConvNormAct(in_chs, make_divisible(cfg.last_conv * w), 1, act="hswish", bn_eps=cfg.bn_eps)
         self.num_features = cfg.head
         self.conv_head = nn.Conv2d(self.final_conv.conv.out_channels, cfg.head, 1, bias=True)
-        self.head_act = nn.Hardswish()
+        self.head_act = HardSwish()
         self.drop = Dropout(cfg.drop_rate)
         self.classifier = nn.Linear(cfg.head, num_classes)
         self._init_weights()

@@ -62,6 +62,13 @@ def _int_at_least(value: str, minimum: int) -> int:
     return n
 
 
+def _names(values: list[str] | None) -> list[str] | None:
+    """Repeated and comma-separated option values -> one list (None when not given)."""
+    if not values:
+        return None
+    return [n.strip() for v in values for n in v.split(",") if n.strip()]
+
+
 def _positive_int(value: str) -> int:
     return _int_at_least(value, 1)
 
@@ -103,7 +110,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
                      weights=args.weights, out=args.out, check=not args.no_check, data=args.data,
                      delegate=args.delegate, num_classes=args.num_classes, seed=args.seed,
                      calibration=args.calibration, require_full_delegation=args.require_full_delegation,
-                     labels=args.labels, show_progress=not args.json)
+                     labels=args.labels, forms=args.form, keep_float=_names(args.keep_float),
+                     show_progress=not args.json)
     if args.json:
         print(to_json(result))
     else:
@@ -192,7 +200,7 @@ def cmd_qat(args: argparse.Namespace) -> int:
                  resolution=args.resolution, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                  out=args.out, resume=args.resume, seed=args.seed, train_limit=args.train_limit,
                  float_epochs=args.float_epochs, convert_artifact=not args.no_convert, show_progress=not args.json,
-                 log=_logger(args.json))
+                 log=_logger(args.json), keep_float=_names(args.keep_float))
     if args.json:
         print(to_json({k: result[k] for k in ("ledger", "artifact", "checkpoint", "weights", "reference", "notes",
                                               "check")}))
@@ -426,6 +434,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="random-init seed when no --weights")
     s.add_argument("--labels", help="class names for the sidecar and the apps: imagenet1k (shipped), or a file "
                                     "(one name per line, or a JSON list)")
+    s.add_argument("--form", action="append", metavar="KIND=FORM",
+                   help="override the backend's deploy formulation (same function, other ops), e.g. "
+                        "hardswish=native, dyrelu=max, layernorm_mean=mean; repeatable; docs/conversion.md")
+    s.add_argument("--keep-float", action="append", metavar="MODULES",
+                   help="int8: leave these modules in float (mixed precision): module names (head, stages.2, "
+                        "'stages.*.attn') or class names (Attention); comma-separated or repeated")
     s.add_argument("--no-check", action="store_true", help="skip the accuracy check")
     s.add_argument("--require-full-delegation", action="store_true",
                    help="fail if any operator stays outside the XNNPACK delegate")
@@ -502,6 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_training_args(s, "out/qat")
     s.add_argument("--backend", required=True, choices=backends())
     s.add_argument("--float-epochs", type=_positive_int, help="epochs of float training when no --weights")
+    s.add_argument("--keep-float", action="append", metavar="MODULES",
+                   help="leave these modules in float (mixed precision): module or class names, comma-separated")
     s.add_argument("--no-convert", action="store_true", help="stop after QAT training and the PyTorch ledger")
     s.set_defaults(func=cmd_qat)
 

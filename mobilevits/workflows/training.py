@@ -492,8 +492,12 @@ def qat(
     convert_artifact: bool = True,
     show_progress: bool = True,
     log: Callable[[str], None] | None = None,
+    keep_float: list[str] | None = None,
 ) -> dict[str, Any]:
     """Quantization-aware fine-tuning for ``backend``, conversion, and the accuracy ledger.
+
+    ``keep_float``: module or class names left in float in the PTQ baseline, the QAT graph and the artifact
+    (mixed precision; see ``converters.keep_float_modules``).
 
     With ``convert_artifact=False`` it stops after training and the PyTorch ledger entries
     (the artifact column stays None).
@@ -508,7 +512,15 @@ def qat(
     )
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
 
-    from converters import calibrate_and_quantize, convert, get_converter, quiet, run_artifact, sqnr_db
+    from converters import (
+        calibrate_and_quantize,
+        convert,
+        get_converter,
+        keep_float_modules,
+        quiet,
+        run_artifact,
+        sqnr_db,
+    )
 
     log = log or (lambda s: print(s, file=sys.stderr))
     model, weights = _hub_as_weights(model, weights)
@@ -543,23 +555,31 @@ def qat(
         logged.append(True)
         return Normalize(net, net.preprocess.mean, net.preprocess.std)
 
-    ref = conv.prepare_model(reparameterize_model(float_model()))
+    ref = conv.prepare_model(reparameterize_model(float_model()), "int8")
     hits: dict[str, np.ndarray] = {"float": correct(ref, split.val)}
     ledger: dict[str, Any] = {"float_top1": float(hits["float"].mean()), "ptq_int8_top1": None,
                               "qat_int8_top1": None, "quantized_top1": None, "artifact_top1": None}
     log(f"float top-1 {100 * ledger['float_top1']:.1f}%")
     calib = split.train.images[:64]
-    ptq = calibrate_and_quantize(ref, conv.quantizer("int8"), calib, conv.fold_quantize)
+    def quantizer(model: nn.Module, qat_mode: bool = False) -> Any:
+        q = conv.quantizer("int8", qat=qat_mode)
+        if keep_float:
+            kept = keep_float_modules(q, model, keep_float)
+            if not qat_mode:
+                notes.append(f"kept in float: {', '.join(kept)}")
+        return q
+
+    ptq = calibrate_and_quantize(ref, quantizer(ref), calib, conv.fold_quantize)
     ledger["ptq_int8_top1"] = evaluate(ptq, split.val)
     log(f"post-training int8 top-1 {100 * ledger['ptq_int8_top1']:.1f}%")
 
     # graph-mode QAT with the backend's own quantizer
-    qat_src = conv.prepare_model(_qat_ready(float_model()))
+    qat_src = conv.prepare_model(_qat_ready(float_model()), "int8")
     example = split.train.images[:2]
     with quiet():
         gm = torch.export.export(qat_src, (example,),
                                  dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},)).module()
-        prepared = prepare_qat_pt2e(gm, conv.quantizer("int8", qat=True))
+        prepared = prepare_qat_pt2e(gm, quantizer(qat_src, qat_mode=True))
 
     def freeze(m: nn.Module) -> None:
         m.apply(disable_observer)
@@ -613,7 +633,7 @@ def qat(
                              quantization_info={"source": "qat", "reference": str(reference.resolve()),
                                                 "quantizer": type(conv.quantizer("int8")).__name__,
                                                 "checkpoint": str((out / CHECKPOINT).resolve()),
-                                                "recipe": asdict(recipe)},
+                                                "recipe": asdict(recipe), "keep_float": keep_float},
                              show_progress=show_progress)
     artifact = Path(result_convert["artifact"])
     check = result_convert["check"] or {}

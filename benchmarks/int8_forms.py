@@ -1,0 +1,123 @@
+"""int8 that pays (issue #19): int8 / fp32 latency per model and backend, before and after the int8 deploy forms.
+
+    .venv/bin/python benchmarks/int8_forms.py [--models ...] [--backends executorch,tflite] [--rounds 3]
+
+For each model and backend it converts (or reuses, from ``--out``) three artifacts: fp32; int8 with the forms
+int8 backends had before issue #19 (``hardswish=native``, ``dyrelu=max``: one hardswish / maximum kernel, which
+ExecuTorch's XNNPACK runs in fp32 between a dequantise and a quantise, and LiteRT runs outside its delegate);
+and int8 with the backend's own choice (``hardswish=int8``, ``dyrelu=relu``). Every int8 artifact is checked under
+the int8 rule. All artifacts are then timed side by side in one process (``mobilevits bench``: one thread,
+cells shuffled, ``--rounds`` sessions, median of session medians), and each ExecuTorch int8 program is
+profiled through the native runner (int8<->fp32 Converts, operator kinds still in fp32). Writes
+benchmarks/results/int8_forms.json and prints the Markdown tables of BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from converters import atomic_write_text, convert, read_sidecar  # noqa: E402
+from mobilevits.workflows.bench import bench, host_environment  # noqa: E402
+from mobilevits.workflows.profile import profile_artifact  # noqa: E402
+
+MODELS = "mobilevit_xxs,levit_128s,mobile_former_294m,mobilenetv3_large_100,efficientnet_b0,sepvit_lite"
+BEFORE = {"hardswish": "native", "dyrelu": "max"}  # the forms every backend got before issue #19
+SUFFIX = {"executorch": ".pte", "tflite": ".tflite"}
+
+
+def artifact(model: str, backend: str, variant: str, out: Path) -> Path:
+    """Convert once into ``out/<variant>/`` (fp32, int8-before, int8-after); reuse what exists."""
+    precision = "fp32" if variant == "fp32" else "int8"
+    folder = out / variant
+    existing = sorted(folder.glob(f"{model}_*_{backend}_{precision}{SUFFIX[backend]}"))
+    if existing and Path(str(existing[0]) + ".json").is_file():
+        return existing[0]
+    t0 = time.time()
+    r = convert(model, to=backend, precision=precision, out=folder, check=precision == "int8",
+                forms=BEFORE if variant == "int8-before" else None, show_progress=False)
+    print(f"  converted {model} {backend} {variant} in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
+    return Path(r["artifact"])
+
+
+def outside(meta: dict) -> str:
+    """Operators an int8 artifact runs outside int8: TFLite's ops outside its delegate (from the sidecar)."""
+    ops = (meta.get("delegation") or {}).get("not_delegated_ops") or {}
+    return ", ".join(f"{k} x{v}" for k, v in sorted(ops.items())) or "none"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default=MODELS)
+    ap.add_argument("--backends", default="executorch,tflite")
+    ap.add_argument("--rounds", type=int, default=3, help="bench sessions, cells shuffled in each")
+    ap.add_argument("--iterations", type=int, default=30)
+    ap.add_argument("--out", type=Path, default=ROOT / "out/int8_forms")
+    ap.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/int8_forms.json")
+    args = ap.parse_args()
+    models, backends = args.models.split(","), args.backends.split(",")
+    arts: dict[tuple[str, str, str], Path] = {}
+    for model in models:
+        for backend in backends:
+            for variant in ("fp32", "int8-before", "int8-after"):
+                arts[(model, backend, variant)] = artifact(model, backend, variant, args.out)
+    # side by side: every artifact in each session, shuffled; median of the session medians
+    medians: dict[str, list[float]] = {str(p): [] for p in arts.values()}
+    for k in range(args.rounds):
+        result = bench(artifacts=list(arts.values()), warmup=5, iterations=args.iterations, seed=k,
+                       out=args.out / "bench", log=lambda s: None)
+        for cell in result["cells"]:
+            medians[cell["artifact"]].append(cell["stats"]["median"])
+    rows = []
+    for (model, backend, variant), path in arts.items():
+        meta = read_sidecar(path)
+        row = {"model": model, "backend": backend, "variant": variant, "artifact": str(path),
+               "ms": statistics.median(medians[str(path)]), "session_ms": medians[str(path)],
+               "formulation": meta.get("formulation"), "outside": outside(meta),
+               "check": (meta.get("check") or {}).get("passed"), "sqnr_db": (meta.get("check") or {}).get("sqnr_db")}
+        if backend == "executorch" and variant != "fp32":
+            p = profile_artifact(path, iterations=10)
+            row["converts"] = p["convert"]["count"]
+            row["convert_share"] = p["convert"]["share"]
+            # operator kinds an int8 program still runs in fp32 (XNNPACK names carry the datatype: "... F32)")
+            row["fp32_kinds"] = [{"kind": k["kind"], "count": k["count"], "share": k["share"]} for k in p["kinds"]
+                                 if "F32" in k["kind"] and not k["kind"].startswith("Convert")]
+        rows.append(row)
+    doc = {"environment": host_environment(), "date": time.strftime("%Y-%m-%d"), "rounds": args.rounds,
+           "iterations": args.iterations, "rows": rows}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.json, json.dumps(doc, indent=1) + "\n")
+    by = {(r["model"], r["backend"], r["variant"]): r for r in rows}
+    print("| model | backend | fp32 ms | int8 before ms (/fp32) | int8 after ms (/fp32) | still outside int8 "
+          "(before -> after) | int8 check after |")
+    print("|---|---|---:|---:|---:|---|---|")
+    for model in models:
+        for backend in backends:
+            f, b, a = (by[(model, backend, v)] for v in ("fp32", "int8-before", "int8-after"))
+            if backend == "executorch":
+                still = f"{b['converts']} -> {a['converts']} Converts ({100 * a['convert_share']:.0f}% of time)"
+            else:
+                still = f"{b['outside']} -> {a['outside']}"
+            check = f"{'pass' if a['check'] else 'FAIL'} {a['sqnr_db']:.1f} dB" if a["sqnr_db"] is not None else "-"
+            print(f"| {model} | {backend} | {f['ms']:.2f} | {b['ms']:.2f} ({b['ms'] / f['ms']:.2f}) | "
+                  f"{a['ms']:.2f} ({a['ms'] / f['ms']:.2f}) | {still} | {check} |")
+    print("\nExecuTorch int8 (after): operator kinds still in fp32, share of the forward")
+    print("| model | fp32 operator kinds (count, share) |")
+    print("|---|---|")
+    for model in models:
+        a = by.get((model, "executorch", "int8-after"))
+        if a:
+            kinds = ", ".join(f"{k['kind']} x{k['count']} {100 * k['share']:.0f}%" for k in a["fp32_kinds"][:5])
+            print(f"| {model} | {kinds or 'none'} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

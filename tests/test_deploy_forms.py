@@ -1,0 +1,112 @@
+"""Deploy formulations (issue #19): each form of a kind computes the same function, and the int8 forms keep
+activations in int8 on the backends that lack an int8 hardswish or maximum."""
+
+import pytest
+import torch
+
+import mobilevits
+from converters import get_converter
+from mobilevits.layers import HardSwish, deploy_forms, parse_deploy_forms, set_deploy_forms
+from mobilevits.models.mobile_former import DynamicReLU
+
+
+def test_hardswish_forms_agree():
+    x = torch.cat([torch.linspace(-8, 8, 4001), torch.randn(10000) * 4])  # both kinks, both flat ends
+    a, b = HardSwish(), HardSwish()
+    b.form = "int8"
+    torch.testing.assert_close(b(x), a(x), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(a(x), torch.nn.functional.hardswish(x), rtol=0, atol=0)
+
+
+def test_dynamic_relu_forms_agree():
+    torch.manual_seed(0)
+    m = DynamicReLU(chs=24, token_dim=16).eval()
+    x, z = torch.randn(3, 24, 7, 7) * 3, torch.randn(3, 2, 16)
+    plain = m(x, z)
+    m.form = "relu"
+    torch.testing.assert_close(m(x, z), plain, rtol=1e-6, atol=1e-6)
+    a1, a2 = m.coefficients(z)
+    torch.testing.assert_close(plain, torch.maximum(x * a1, x * a2))
+
+
+def _trained(name: str, res: int, tmp_path) -> torch.nn.Module:
+    from mobilevits.workflows.training import train
+
+    r = train(name, resolution=res, epochs=2, train_limit=600, out=tmp_path, show_progress=False, log=lambda s: None)
+    return mobilevits.create_model(name, num_classes=10, resolution=res, weights=r["weights"]).eval()
+
+
+@pytest.mark.parametrize("name,res", [("mobile_former_tiny", 96), ("levit_tiny", 128)])
+def test_int8_forms_compute_the_same_model(name, res, tmp_path):
+    # a model trained on digits (realistic activations) and a re-randomised one
+    models = [_trained(name, res, tmp_path), mobilevits.create_model(name, num_classes=10, resolution=res).eval()]
+    x = torch.rand(4, 3, res, res)
+    for model in models:
+        with torch.no_grad():
+            plain = model(x)
+            set_deploy_forms(model, hardswish="int8", dyrelu="relu")
+            assert set(deploy_forms(model).values()) <= {"int8", "relu", "mean"}
+            # equal to float rounding: within 1e-6 of the logits' scale
+            assert (model(x) - plain).abs().max() <= 1e-6 * plain.abs().max(), (model(x) - plain).abs().max()
+
+
+def test_backends_choose_forms_by_precision():
+    for backend in ("executorch", "tflite"):
+        conv = get_converter(backend)
+        m = conv.prepare_model(mobilevits.create_model("mobile_former_tiny"), "int8")
+        assert deploy_forms(m)["hardswish"] == "int8" and deploy_forms(m)["dyrelu"] == "relu"
+        m = conv.prepare_model(m, "fp32")  # one kernel per activation in fp32
+        assert deploy_forms(m)["hardswish"] == "native" and deploy_forms(m)["dyrelu"] == "max"
+    m = get_converter("coreml").prepare_model(mobilevits.create_model("mobile_former_tiny"), "fp16")
+    assert deploy_forms(m)["hardswish"] == "native"
+
+
+def test_form_overrides_are_checked():
+    assert parse_deploy_forms(["hardswish=native", "dyrelu=max"]) == {"hardswish": "native", "dyrelu": "max"}
+    with pytest.raises(ValueError, match="unknown formulation kind 'swish'; kinds: dyrelu"):
+        parse_deploy_forms(["swish=int8"])
+    with pytest.raises(ValueError, match="unknown hardswish form 'fast'; choose one of native, int8"):
+        parse_deploy_forms({"hardswish": "fast"})
+
+
+def _linear_inputs(gm: torch.fx.GraphModule) -> list[str]:
+    """For each linear of a quantised graph: what feeds its weight (a dequantize when int8)."""
+    return [str(n.args[1].target) if n.args[1].op == "call_function" else n.args[1].op
+            for n in gm.graph.nodes if n.op == "call_function" and n.target == torch.ops.aten.linear.default]
+
+
+@pytest.mark.parametrize("backend", ["executorch", "tflite"])
+def test_keep_float_leaves_named_modules_unquantised(backend):
+    from converters import calibrate_and_quantize, keep_float_modules
+    from mobilevits.base import Normalize
+
+    conv = get_converter(backend)
+    net = mobilevits.create_model("levit_tiny", num_classes=10, resolution=128).eval()
+    model = conv.prepare_model(Normalize(net, net.preprocess.mean, net.preprocess.std), "int8")
+    x = torch.rand(2, 3, 128, 128)
+    full = _linear_inputs(calibrate_and_quantize(model, conv.quantizer("int8"), x, conv.fold_quantize))
+    q = conv.quantizer("int8")
+    assert keep_float_modules(q, model, ["head*", "Attention"]) == [
+        "head", "head_dist", "stages.0.blocks.0.attn", "stages.1.blocks.0.attn", "stages.2.blocks.0.attn"]
+    mixed = _linear_inputs(calibrate_and_quantize(model, q, x, conv.fold_quantize))
+    assert len(mixed) == len(full) == 32
+    assert all("dequantize" in w for w in full)  # every linear's weight was int8
+    # now the 4 q/k/v/proj linears of each of the 3 stage attentions and the two heads are float
+    assert sum("dequantize" not in w for w in mixed) == 14
+    assert all("dequantize" not in w for w in mixed[-2:])
+    with pytest.raises(ValueError, match="--keep-float 'blocks.9' matches no module of levit_tiny"):
+        keep_float_modules(conv.quantizer("int8"), model, ["blocks.9"])
+
+
+def test_convert_keep_float_end_to_end(tmp_path):
+    from converters import UnsupportedError, convert, read_sidecar
+
+    r = convert("levit_tiny", to="executorch", precision="int8", resolution=128, out=tmp_path,
+                keep_float=["head*"], show_progress=False)
+    meta = read_sidecar(r["artifact"])
+    assert meta["quantization"]["keep_float"] == ["head", "head_dist"]
+    assert meta["formulation"]["hardswish"] == "int8"
+    assert r["check"]["passed"], r["check"]  # the check rebuilt the same mixed-precision reference
+    with pytest.raises(UnsupportedError, match="--keep-float chooses what stays float in an int8 model"):
+        convert("levit_tiny", to="executorch", precision="fp32", resolution=128, out=tmp_path, keep_float=["head"],
+                show_progress=False)
