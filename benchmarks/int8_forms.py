@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from converters import atomic_write_text, convert, read_sidecar  # noqa: E402
+from converters import atomic_write_text, check_artifact, convert, read_sidecar  # noqa: E402
 from mobilevits.workflows.bench import bench, host_environment  # noqa: E402
 from mobilevits.workflows.profile import profile_artifact  # noqa: E402
 
@@ -36,15 +36,27 @@ SUFFIX = {"executorch": ".pte", "tflite": ".tflite"}
 def artifact(model: str, backend: str, variant: str, out: Path) -> Path:
     """Convert once into ``out/<variant>/`` (fp32, int8-before, int8-after); reuse what exists."""
     precision = "fp32" if variant == "fp32" else "int8"
+    if variant == "int8-before" and not _has_kinds(model, BEFORE):
+        return artifact(model, backend, "int8-after", out)  # nothing to reformulate: one program serves both
     folder = out / variant
     existing = sorted(folder.glob(f"{model}_*_{backend}_{precision}{SUFFIX[backend]}"))
     if existing and Path(str(existing[0]) + ".json").is_file():
+        if precision == "int8" and read_sidecar(existing[0]).get("check") is None:
+            check_artifact(existing[0], show_progress=False)  # a copied-in artifact: check it once
         return existing[0]
     t0 = time.time()
     r = convert(model, to=backend, precision=precision, out=folder, check=precision == "int8",
                 forms=BEFORE if variant == "int8-before" else None, show_progress=False)
     print(f"  converted {model} {backend} {variant} in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
     return Path(r["artifact"])
+
+
+def _has_kinds(model: str, forms: dict[str, str]) -> bool:
+    """Does ``model`` contain a module of any kind in ``forms`` (so its int8 program differs by formulation)?"""
+    import mobilevits
+    from mobilevits.layers import deploy_forms
+
+    return bool(set(deploy_forms(mobilevits.create_model(model))) & set(forms))
 
 
 def outside(meta: dict) -> str:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 import mobilevits
-from mobilevits._registry import resolve_pretrained
+from mobilevits import resolve_pretrained
 from mobilevits.base import Normalize
 from mobilevits.hub import is_hub_id
 from mobilevits.labels import resolve_labels

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .weights import WeightsError
+from .errors import WeightsError
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 

@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .errors import WeightsError
+
 SUFFIXES = (".pt", ".pth", ".safetensors", ".bin")  # .bin: the hub's pytorch_model.bin (a torch.save file)
 
 # A family registers the foreign checkpoint layouts it reads (timm's, the paper's official code): each
@@ -32,10 +34,6 @@ class Layout:
 
 _LAYOUTS: dict[str, list[Layout]] = {}
 _FIXUPS: dict[str, CheckpointFilter] = {}
-
-
-class WeightsError(ValueError):
-    """A checkpoint that cannot be read, or that does not fit the model."""
 
 
 def register_layout(family: str, name: str, detect: Callable[[dict[str, torch.Tensor]], bool],

@@ -34,14 +34,14 @@ class CliError(Exception):
 
 
 def _model_name(value: str) -> str:
-    from .. import get_model_info
     from ..hub import is_hub_id, parse_hub_id
+    from .catalog import model_entry
 
     if is_hub_id(value):  # resolved (cache, hub) when used, where a missing file is one clear line
         parse_hub_id(value)
         return value
     try:
-        get_model_info(value)
+        model_entry(value)  # the catalog: no torch import for an argument error
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     return value
@@ -83,11 +83,35 @@ def _non_negative_int(value: str) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from .report import format_model_table, model_table, to_json
+    from .catalog import read
+    from .report import format_model_table, to_json
 
-    rows = model_table(resolution=args.resolution, pattern=args.pattern, show_progress=not args.json)
+    if args.resolution is None:  # each model at its own resolution: the catalog has the counts (no torch)
+        names = set(_catalog_names(args.pattern))
+        keep = ("name", "family", "resolution", "params", "macs", "paper", "macs_paper_convention")
+        rows = [{k: m[k] for k in keep if k in m} for m in read()["models"] if m["name"] in names]
+    else:
+        from .report import model_table
+
+        rows = model_table(resolution=args.resolution, pattern=args.pattern, show_progress=not args.json)
     print(to_json(rows) if args.json else format_model_table(rows))
     return 0
+
+
+def _runtime_list(value: str) -> str:
+    """A comma list of runtimes, checked against the catalog at parse time."""
+    from .catalog import runtimes
+
+    unknown = [r for r in value.split(",") if r.strip() and r.strip() not in runtimes()]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown runtime {unknown[0]!r}; choose from {', '.join(runtimes())}")
+    return value
+
+
+def _catalog_names(pattern: str | None) -> list[str]:
+    from .catalog import model_names
+
+    return model_names(pattern)
 
 
 def cmd_build_runner(args: argparse.Namespace) -> int:
@@ -391,13 +415,15 @@ def _describe_layers(c: dict[str, Any], head: int = 8, around: int = 3, tail: in
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from converters import backends, precisions
+    # from the catalog, which tests keep equal to the code: building the parser imports no torch
+    from .catalog import backends, model_names, precisions, runtimes
 
-    from .. import list_models
-    from .bench import RUNTIMES
+    RUNTIMES = runtimes()  # noqa: N806
+    models = ", ".join(model_names())
+    from .. import __version__
 
-    models = ", ".join(list_models())
     p = argparse.ArgumentParser(prog="mobilevits", description="Compact vision transformers from PyTorch to phones.")
+    p.add_argument("--version", action="version", version=f"mobilevits {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     s = sub.add_parser("build-runner", help="compile the native ExecuTorch runner (C++, from the executorch wheel) "
@@ -534,8 +560,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("artifacts", nargs="*", metavar="ARTIFACT", help=".pte, .tflite or .mlpackage with its sidecar")
     s.add_argument("--models", help="comma list of models to build and time (see `mobilevits list`)")
     s.add_argument("--resolutions", help="comma list of input sides for --models (default: each model's)")
-    s.add_argument("--runtime", help=f"comma list of {', '.join(RUNTIMES)} (torch: PyTorch eager; "
-                                     "for --models; default torch)")
+    s.add_argument("--runtime", type=_runtime_list,
+                   help=f"comma list of {', '.join(RUNTIMES)} (torch: PyTorch eager; for --models; default torch)")
     s.add_argument("--precision", default="fp32", choices=precisions())
     s.add_argument("--device", default="host", help=DEVICE_HELP)
     s.add_argument("--threads", type=_int_list, default=[1], help="comma list of thread counts (default 1)")
@@ -551,8 +577,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("findings", help="the papers' resolution-vs-speed findings, reproduced yes/no per runtime")
-    s.add_argument("--runtime", default="executorch", help=f"comma list of {', '.join(RUNTIMES)} "
-                                                           "(default executorch)")
+    s.add_argument("--runtime", default="executorch", type=_runtime_list,
+                   help=f"comma list of {', '.join(RUNTIMES)} (default executorch)")
     s.add_argument("--precision", default="fp32", choices=precisions())
     s.add_argument("--device", default="host", help=DEVICE_HELP)
     s.add_argument("--threads", type=_positive_int, default=1, help="threads per cell (default 1, as the papers)")
@@ -584,21 +610,24 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    from converters import ConversionError, RuntimeUnavailableError, UnsupportedError
-
-    from ..weights import WeightsError
-
     try:
         return func(args)
     except KeyboardInterrupt as e:
         print(f"mobilevits: {e or 'interrupted'}", file=sys.stderr)
         return 130
-    except (UnsupportedError, WeightsError, FileNotFoundError, PermissionError, ValueError) as e:
-        print(f"mobilevits: error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except (ConversionError, RuntimeUnavailableError, OSError, CliError) as e:
-        print(f"mobilevits: error: {e}", file=sys.stderr)
-        return getattr(e, "code", EXIT_FAILED)
+    except Exception as e:
+        # the converters' and weights' error classes load with torch: classify only once something failed
+        from converters import ConversionError, RuntimeUnavailableError, UnsupportedError
+
+        from ..weights import WeightsError
+
+        if isinstance(e, (UnsupportedError, WeightsError, FileNotFoundError, PermissionError, ValueError)):
+            print(f"mobilevits: error: {e}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        if isinstance(e, (ConversionError, RuntimeUnavailableError, OSError, CliError)):
+            print(f"mobilevits: error: {e}", file=sys.stderr)
+            return getattr(e, "code", EXIT_FAILED)
+        raise
 
 
 if __name__ == "__main__":

@@ -75,7 +75,7 @@ def predict(target: str | Path, images: Sequence[str | Path], top: int = 5, labe
         if device != "host":
             raise ValueError("--device runs artifacts; convert the model first (mobilevits convert)")
         import mobilevits
-        from mobilevits._registry import resolve_pretrained
+        from mobilevits import resolve_pretrained
         from mobilevits.hub import is_hub_id
 
         stored = None

@@ -8,9 +8,6 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .._registry import create_model, get_model_info, list_models, num_params
-from ..macs import count_macs
-
 
 def model_table(resolution: int | None = None, pattern: str | None = None, show_progress: bool = True,
                 include_tiny: bool = False) -> list[dict[str, Any]]:
@@ -19,6 +16,9 @@ def model_table(resolution: int | None = None, pattern: str | None = None, show_
     With ``resolution``, models that cannot take it are left out (their valid range is in
     ``mobilevits.get_model_info(name)``).
     """
+    from .. import create_model, get_model_info, list_models, num_params
+    from ..macs import count_macs
+
     names = list_models(pattern, include_tiny=include_tiny)
     rows = []
     for name in progress(names, "counting MACs", show_progress):

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._registry import create_model, get_model_info
+from .. import create_model, get_model_info
 from ..base import Normalize, reparameterize_model
 from ..data import ImageSet, load_data
 
@@ -367,7 +367,7 @@ def _hub_as_weights(model: str, weights: str | Path | None) -> tuple[str, str | 
         return model, weights
     if weights is not None:
         raise ValueError("a hub id carries its weights: drop --weights")
-    from .._registry import resolve_pretrained
+    from .. import resolve_pretrained
 
     return resolve_pretrained(model).architecture, model
 
@@ -377,7 +377,7 @@ def _weights_file(weights: str | Path | None) -> str | Path | None:
     from ..hub import is_hub_id
 
     if weights is not None and is_hub_id(str(weights)):
-        from .._registry import resolve_pretrained
+        from .. import resolve_pretrained
 
         return resolve_pretrained(str(weights)).weights
     return weights
