@@ -2,10 +2,11 @@
 
     .venv/bin/python benchmarks/int8_forms.py [--models ...] [--backends executorch,tflite] [--rounds 3]
 
-For each model and backend it converts (or reuses, from ``--out``) three artifacts: fp32; int8 with the forms
-int8 backends had before issue #19 (``hardswish=native``, ``dyrelu=max``: one hardswish / maximum kernel, which
-ExecuTorch's XNNPACK runs in fp32 between a dequantise and a quantise, and LiteRT runs outside its delegate);
-and int8 with the backend's own choice (``hardswish=int8``, ``dyrelu=relu``). Every int8 artifact is checked under
+For each model and backend it converts (or reuses, from ``--out``) three artifacts: fp32; int8 with the one-kernel
+forms (``hardswish=native``, ``dyrelu=max``: a hardswish / maximum kernel, which ExecuTorch's XNNPACK runs in fp32
+between a dequantise and a quantise, and LiteRT runs outside its delegate: the forms before issue #19); and int8
+with the int8 rewrites (``hardswish=int8``, ``dyrelu=relu``). Which one each backend now takes by default was
+decided from this table (``Converter.prepare_model``). Every int8 artifact is checked under
 the int8 rule. All artifacts are then timed side by side in one process (``mobilevits bench``: one thread,
 cells shuffled, ``--rounds`` sessions, median of session medians), and each ExecuTorch int8 program is
 profiled through the native runner (int8<->fp32 Converts, operator kinds still in fp32). Writes
@@ -29,7 +30,8 @@ from mobilevits.workflows.bench import bench, host_environment  # noqa: E402
 from mobilevits.workflows.profile import profile_artifact  # noqa: E402
 
 MODELS = "mobilevit_xxs,levit_128s,mobile_former_294m,mobilenetv3_large_100,efficientnet_b0,sepvit_lite"
-BEFORE = {"hardswish": "native", "dyrelu": "max"}  # the forms every backend got before issue #19
+BEFORE = {"hardswish": "native", "dyrelu": "max"}  # one kernel each: the forms every backend got before issue #19
+AFTER = {"hardswish": "int8", "dyrelu": "relu"}  # the int8 rewrites
 SUFFIX = {"executorch": ".pte", "tflite": ".tflite"}
 
 
@@ -46,7 +48,7 @@ def artifact(model: str, backend: str, variant: str, out: Path) -> Path:
         return existing[0]
     t0 = time.time()
     r = convert(model, to=backend, precision=precision, out=folder, check=precision == "int8",
-                forms=BEFORE if variant == "int8-before" else None, show_progress=False)
+                forms={"int8-before": BEFORE, "int8-after": AFTER}.get(variant), show_progress=False)
     print(f"  converted {model} {backend} {variant} in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
     return Path(r["artifact"])
 
@@ -86,7 +88,7 @@ def main() -> int:
         result = bench(artifacts=list(arts.values()), warmup=5, iterations=args.iterations, seed=k,
                        out=args.out / "bench", log=lambda s: None)
         for cell in result["cells"]:
-            medians[cell["artifact"]].append(cell["stats"]["median"])
+            medians[cell["artifact"]].append(cell["stats"]["median_ms"])
     rows = []
     for (model, backend, variant), path in arts.items():
         meta = read_sidecar(path)

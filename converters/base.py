@@ -283,10 +283,9 @@ def _importable(modules: tuple[str, ...]) -> tuple[bool, str]:
     return True, ""
 
 
-# Deploy formulations (mobilevits.layers.set_deploy_forms) for backends whose int8 kernels lack a hardswish or a
-# maximum: the same functions written with add, clamp, mul and relu, which stay int8. fp32 keeps the one-kernel forms.
+# Deploy formulations (mobilevits.layers.set_deploy_forms): the one-kernel forms, and those a backend picks for int8
+# where its int8 kernels lack a hardswish or a maximum and the rewrite measured faster (benchmarks/int8_forms.py).
 FP32_FORMS = {"hardswish": "native", "dyrelu": "max"}
-INT8_FORMS = {"hardswish": "int8", "dyrelu": "relu"}
 
 
 _NOISY_LOGGERS = ("absl", "executorch", "coremltools", "litert_torch", "torch._export", "torchao",

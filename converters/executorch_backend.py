@@ -16,7 +16,6 @@ import torch
 
 from .base import (
     FP32_FORMS,
-    INT8_FORMS,
     Converter,
     Delegation,
     RuntimeUnavailableError,
@@ -91,8 +90,10 @@ class ExecuTorchConverter(Converter):
         from mobilevits.layers import set_deploy_forms, set_layernorm_mean
 
         set_layernorm_mean(model, "linear")
-        # XNNPACK has no int8 hardswish or maximum: their int8 forms use add, clamp, mul and relu
-        return set_deploy_forms(model, **(INT8_FORMS if precision == "int8" else FP32_FORMS))
+        # int8 too keeps the one-kernel forms: XNNPACK runs a hardswish or maximum in fp32 between two Converts,
+        # and that measured faster than their int8 rewrites (add, clamp, mul / relu) on every model here, e.g.
+        # MobileNetV3-Large 3.6 vs 4.9 ms, LeViT-128S 3.1 vs 3.7 ms (benchmarks/int8_forms.py, BENCHMARKS.md)
+        return set_deploy_forms(model, **FP32_FORMS)
 
     def lower(self, program: torch.export.ExportedProgram, precision: str, path: Path, quantized: bool,
               delegate: str = "xnnpack", **options: Any) -> Delegation:

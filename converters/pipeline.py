@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -166,7 +167,8 @@ class ConvertRequest:
     ``quantization_info`` recorded in the sidecar; labels: class names (``imagenet1k``, a file, or a list),
     written into the sidecar for ``predict`` and the apps; forms: deploy formulations that override the
     backend's choice (``{"hardswish": "native"}`` or ``["hardswish=native"]``; same function, other ops);
-    keep_float: int8 only, module names or class names left in float (mixed precision, PTQ).
+    keep_float: int8 only, module names or class names left in float (mixed precision, PTQ); force: convert
+    even when the output folder holds an artifact made from the same inputs (otherwise it is reused).
     """
 
     model: str
@@ -190,6 +192,7 @@ class ConvertRequest:
     labels: str | Path | list[str] | None = None
     forms: dict[str, str] | list[str] | None = None
     keep_float: list[str] | None = None
+    force: bool = False
     show_progress: bool = True
 
 
@@ -209,6 +212,7 @@ class Conversion:
     quantizer: Any = None
     quantized: torch.nn.Module | None = None  # the quantised graph (PTQ or QAT): also the check's reference
     quant_meta: dict[str, Any] | None = None
+    key: dict[str, Any] | None = None  # cache_key, once computed
     report: Delegation | None = None
     artifact: Path | None = None
     step: Callable[[str], None] = lambda stage: None
@@ -234,20 +238,79 @@ def convert(model: str, to: str, precision: str = "fp32", **options: Any) -> dic
         request = ConvertRequest(model=model, to=to, precision=precision, **options)
     except TypeError as e:
         raise TypeError(f"convert(): {e}; options are the fields of ConvertRequest") from None
+    stages: dict[str, float] = {}
+    t = time.perf_counter()
     job = _plan(request)
-    for stage in (_export, _quantize, _lower, _write):
-        stage(job)
+    stages["plan"] = time.perf_counter() - t
+    reused = None if request.force or request.quantized_model is not None else _reusable(job)
+    if reused is not None:
+        job.artifact, meta = reused
+        report = meta.get("delegation")
+    else:
+        for stage in (_export, _quantize, _lower, _write):
+            t = time.perf_counter()
+            stage(job)
+            stages[stage.__name__.lstrip("_")] = time.perf_counter() - t
+        meta, report = None, job.report.to_dict() if job.report else None
     assert job.artifact is not None
     result: dict[str, Any] = {"artifact": str(job.artifact), "sidecar": str(sidecar_path(job.artifact)),
-                              "size_bytes": _size(job.artifact), "seconds": None,
-                              "delegation": job.report.to_dict() if job.report else None, "check": None}
+                              "size_bytes": _size(job.artifact), "seconds": None, "reused": reused is not None,
+                              "delegation": report, "check": None, "stages": stages}
     if request.check:
-        job.say("check")
-        result["check"] = check_artifact(job.artifact, data=request.data, show_progress=False,
-                                         quantized=job.quantized)
-    job.step("done")
+        if meta is not None and (meta.get("check") or {}).get("data_spec") == request.data:
+            result["check"] = meta["check"]  # the reused artifact's own check, on the same data
+        else:
+            job.say("check")
+            t = time.perf_counter()
+            result["check"] = check_artifact(job.artifact, data=request.data, show_progress=False,
+                                             quantized=job.quantized)
+            stages["check"] = time.perf_counter() - t
+    job.step("reused" if reused is not None else "done")
+    result["stages"] = {k: round(v, 2) for k, v in stages.items()}
     result["seconds"] = round(time.perf_counter() - t0, 2)
     return result
+
+
+def _source_digest() -> str:
+    """sha256 over the source of the model core and the converters: an edit to either changes every key."""
+    import mobilevits
+
+    h = hashlib.sha256()
+    for root in (Path(mobilevits.__file__).parent, Path(__file__).parent):
+        for f in sorted(root.rglob("*.py")):
+            if "workflows" not in f.relative_to(root).parts:  # the floor above does not shape artifacts
+                h.update(f.relative_to(root.parent).as_posix().encode())
+                h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def cache_key(job: Conversion) -> dict[str, Any]:
+    """Everything that shapes the artifact: the model and its config, weights (digest) or seed, backend,
+    precision, resolution, formulation, quantisation settings and calibration data (digest), labels, the
+    toolchain versions and the source of the model core and converters. Kept in the sidecar."""
+    r = job.request
+    calib = None
+    if r.precision == "int8" and r.quantized_model is None:
+        data = _calibration_data(r.calibration, job.model.preprocess, r.calibration_count)
+        calib = {"data": r.calibration, "count": r.calibration_count,
+                 "sha256": hashlib.sha256(data.numpy().tobytes()).hexdigest()}
+    return {"source": job.source, "backend": r.to, "delegate": r.delegate, "precision": r.precision,
+            "resolution": job.resolution, "formulation": deploy_forms(job.model), "keep_float": r.keep_float,
+            "calibration": calib, "labels": job.labels, "tools": tool_versions(), "code": _source_digest()}
+
+
+def _reusable(job: Conversion) -> tuple[Path, dict[str, Any]] | None:
+    """The artifact in the output folder made from exactly these inputs (sidecar ``cache_key``), if any."""
+    r = job.request
+    final = job.out_dir / f"{artifact_stem(r.model, job.resolution, r.to, r.precision, r.delegate)}{job.conv.suffix}"
+    if not final.exists() or not sidecar_path(final).is_file():
+        return None
+    try:
+        meta = read_sidecar(final)
+    except Exception:  # unreadable or another format: convert again
+        return None
+    job.key = cache_key(job)
+    return (final, meta) if meta.get("cache_key") == json.loads(json.dumps(job.key)) else None
 
 
 def _plan(r: ConvertRequest) -> Conversion:
@@ -405,6 +468,7 @@ def _write(job: Conversion) -> None:
                                     "RGB float in [0,1]" + ("" if r.normalize_in_model else ", then (x-mean)/std")},
         "quantization": job.quant_meta,
         "formulation": deploy_forms(job.model),
+        "cache_key": None if r.quantized_model is not None else (job.key or cache_key(job)),
         "tool_versions": tool_versions(),
         "delegation": job.report.to_dict(),
         "check": None,
@@ -537,7 +601,7 @@ def check_artifact(
     ref_float = _run_per_image(src, x)
     threshold = THRESHOLDS_DB[precision]
     result: dict[str, Any] = {
-        "artifact": str(artifact), "runtime": conv.name, "precision": precision, "data": ds.source,
+        "artifact": str(artifact), "runtime": conv.name, "precision": precision, "data": ds.source, "data_spec": data,
         "sqnr_db": None, "max_abs_error": None, "cosine": None, "top1_agreement": None, "top5_agreement": None,
         "sqnr_vs_float_db": None, "accuracy": None, "threshold_db": threshold, "passed": False, "note": "",
         "reference": "float PyTorch model", "rule": None, "images": None,

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from .base import FP32_FORMS, INT8_FORMS, Converter, Delegation, Session, keep_float, quiet, register_converter
+from .base import FP32_FORMS, Converter, Delegation, Session, keep_float, quiet, register_converter
 
 
 @register_converter
@@ -32,11 +32,16 @@ class TFLiteConverter(Converter):
         return compare_layers(path, graph, x)
 
 
+    # LiteRT's XNNPACK delegate takes no int8 HARD_SWISH: TFLite's own kernel ran it outside the delegate, and the
+    # int8 rewrite measured much faster (MobileNetV3-Large int8 7.4 -> 4.4 ms, LeViT-128S 6.2 -> 4.0 ms). Its int8
+    # MAXIMUM also runs outside, yet the dynamic-ReLU rewrite measured slower (Mobile-Former-294M 10.4 vs 11.2 ms),
+    # so dyrelu keeps max (benchmarks/int8_forms.py, BENCHMARKS.md).
+    INT8_FORMS: ClassVar[dict[str, str]] = {"hardswish": "int8", "dyrelu": "max"}
+
     def prepare_model(self, model: torch.nn.Module, precision: str = "fp32") -> torch.nn.Module:
-        # LiteRT's XNNPACK delegate takes no int8 HARD_SWISH or MAXIMUM: their int8 forms use add, clamp, mul, relu
         from mobilevits.layers import set_deploy_forms
 
-        return set_deploy_forms(model, **(INT8_FORMS if precision == "int8" else FP32_FORMS))
+        return set_deploy_forms(model, **(self.INT8_FORMS if precision == "int8" else FP32_FORMS))
 
     def quantizer(self, precision: str, qat: bool = False):
         if precision != "int8":

@@ -135,7 +135,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
                      delegate=args.delegate, num_classes=args.num_classes, seed=args.seed,
                      calibration=args.calibration, require_full_delegation=args.require_full_delegation,
                      labels=args.labels, forms=args.form, keep_float=_names(args.keep_float),
-                     show_progress=not args.json)
+                     force=args.force, show_progress=not args.json)
     if args.json:
         print(to_json(result))
     else:
@@ -319,9 +319,12 @@ def _describe_convert(r: dict[str, Any]) -> str:
 
     from .report import fmt_count
 
+    how = ("reused: made from the same inputs (model, weights, settings, toolchain, code); --force rebuilds"
+           if r.get("reused") else ", ".join(f"{k} {v:.1f} s" for k, v in (r.get("stages") or {}).items()))
     lines = [f"artifact:   {r['artifact']}  ({fmt_count(r['size_bytes'], 'B')}, {r['seconds']:.1f} s)",
              f"sidecar:    {r['sidecar']}",
-             f"delegation: {Delegation.from_dict(r['delegation']).summary()}"]
+             f"delegation: {Delegation.from_dict(r['delegation']).summary()}",
+             f"time:       {how}"]
     if r.get("check"):
         lines.append(_describe_check(r["check"], indent="check:      "))
     return "\n".join(lines)
@@ -467,6 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="int8: leave these modules in float (mixed precision): module names (head, stages.2, "
                         "'stages.*.attn') or class names (Attention); comma-separated or repeated")
     s.add_argument("--no-check", action="store_true", help="skip the accuracy check")
+    s.add_argument("--force", action="store_true",
+                   help="convert even if --out holds an artifact made from the same inputs (default: reuse it)")
     s.add_argument("--require-full-delegation", action="store_true",
                    help="fail if any operator stays outside the XNNPACK delegate")
     s.add_argument("--json", action="store_true", help="print one JSON object for machines")
