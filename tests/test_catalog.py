@@ -11,7 +11,8 @@ from mobilevits.workflows import catalog
 
 def test_catalog_equals_the_registry_converters_and_bench():
     # regenerate with: .venv/bin/python -m mobilevits.workflows.catalog --write
-    assert json.loads(json.dumps(catalog.build())) == catalog.read()
+    assert json.loads(json.dumps(catalog.build())) == catalog.read(), \
+        "mobilevits/workflows/catalog.json is stale: run .venv/bin/python -m mobilevits.workflows.catalog --write"
 
 
 def _cli_without_torch(*argv: str) -> tuple[int, str, bool]:

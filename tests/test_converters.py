@@ -250,8 +250,8 @@ def test_failed_conversion_leaves_no_partial_and_keeps_good_artifact(tmp_path, m
         raise RuntimeError("simulated converter crash")
 
     monkeypatch.setattr(TFLiteConverter, "lower", broken)
-    with pytest.raises(ConversionError, match="simulated converter crash"):
-        _convert("mobilenetv3_tiny", "tflite", "fp32", tmp_path, check=False)
+    with pytest.raises(ConversionError, match="simulated converter crash"):  # force: same inputs would reuse
+        _convert("mobilenetv3_tiny", "tflite", "fp32", tmp_path, check=False, force=True)
     assert Path(good["artifact"]).read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([Path(good["artifact"]).name,
                                                                 Path(good["sidecar"]).name])
