@@ -213,6 +213,7 @@ class Conversion:
     quantized: torch.nn.Module | None = None  # the quantised graph (PTQ or QAT): also the check's reference
     quant_meta: dict[str, Any] | None = None
     key: dict[str, Any] | None = None  # cache_key, once computed
+    calib: torch.Tensor | None = None  # the PTQ calibration images, loaded once (key digest and calibration)
     report: Delegation | None = None
     artifact: Path | None = None
     step: Callable[[str], None] = lambda stage: None
@@ -271,10 +272,16 @@ def convert(model: str, to: str, precision: str = "fp32", **options: Any) -> dic
     return result
 
 
+def _calibration(job: Conversion) -> torch.Tensor:
+    """The request's calibration images, loaded on first use: the cache key digests them, PTQ calibrates on them."""
+    if job.calib is None:
+        r = job.request
+        job.calib = _calibration_data(r.calibration, job.model.preprocess, r.calibration_count)
+    return job.calib
+
+
 def _source_digest() -> str:
     """sha256 over the source of the model core and the converters: an edit to either changes every key."""
-    import mobilevits
-
     h = hashlib.sha256()
     for root in (Path(mobilevits.__file__).parent, Path(__file__).parent):
         for f in sorted(root.rglob("*.py")):
@@ -291,7 +298,7 @@ def cache_key(job: Conversion) -> dict[str, Any]:
     r = job.request
     calib = None
     if r.precision == "int8" and r.quantized_model is None:
-        data = _calibration_data(r.calibration, job.model.preprocess, r.calibration_count)
+        data = _calibration(job)
         calib = {"data": r.calibration, "count": r.calibration_count,
                  "sha256": hashlib.sha256(data.numpy().tobytes()).hexdigest()}
     return {"source": job.source, "backend": r.to, "delegate": r.delegate, "precision": r.precision,
@@ -400,7 +407,7 @@ def _quantize(job: Conversion) -> None:
         job.quant_meta = dict(r.quantization_info or {"source": "provided"})
     elif job.quantizer is not None:
         job.say("calibrate")
-        calib = _calibration_data(r.calibration, job.model.preprocess, r.calibration_count)
+        calib = _calibration(job)
         job.quantized = calibrate_and_quantize(job.model, job.quantizer, calib, job.conv.fold_quantize,
                                                program=job.program)
         job.quant_meta = {"source": "ptq", "quantizer": type(job.quantizer).__name__,

@@ -83,11 +83,11 @@ def _non_negative_int(value: str) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from .catalog import read
+    from .catalog import model_names, read
     from .report import format_model_table, to_json
 
     if args.resolution is None:  # each model at its own resolution: the catalog has the counts (no torch)
-        names = set(_catalog_names(args.pattern))
+        names = set(model_names(args.pattern))
         keep = ("name", "family", "resolution", "params", "macs", "paper", "macs_paper_convention")
         rows = [{k: m[k] for k in keep if k in m} for m in read()["models"] if m["name"] in names]
     else:
@@ -106,12 +106,6 @@ def _runtime_list(value: str) -> str:
     if unknown:
         raise argparse.ArgumentTypeError(f"unknown runtime {unknown[0]!r}; choose from {', '.join(runtimes())}")
     return value
-
-
-def _catalog_names(pattern: str | None) -> list[str]:
-    from .catalog import model_names
-
-    return model_names(pattern)
 
 
 def cmd_build_runner(args: argparse.Namespace) -> int:
