@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps demo test test-random coverage lint clean
+.PHONY: install system-deps demo demo-full test test-random coverage lint clean
 
 # Debian packages for the native runner on the host and on ARM: the host and cross compilers, qemu-user
 # (emulated aarch64), valgrind (instruction counts) and OpenSSH (the ssh device and its loopback test).
@@ -33,8 +33,12 @@ system-deps:
 			--no-install-recommends $$missing >/dev/null; \
 	fi
 
+# the main job in a few minutes (README states the time measured here); demo-full: the whole walkthrough
 demo: $(STAMP)
 	$(BIN)/mobilevits demo
+
+demo-full: $(STAMP)
+	$(BIN)/mobilevits demo --full
 
 # Two xdist workers (this host has 2 cores: 17 min instead of 32, measured with coverage); a fixed order
 # here, `make test-random` for pytest-randomly's shuffled order (it prints the seed to replay).

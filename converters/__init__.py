@@ -25,6 +25,7 @@ from .base import (
     tool_versions,
 )
 from .compare import compare, sqnr_db, topk_agreement
+from .parallel import convert_many, usable_cores
 from .pipeline import (
     SIDECAR_FORMAT,
     artifact_stem,
@@ -42,8 +43,8 @@ from .pipeline import (
 __all__ = [
     "SIDECAR_FORMAT", "ConversionError", "Converter", "Delegation", "RuntimeUnavailableError", "Session",
     "UnsupportedError", "artifact_stem", "atomic_replace", "atomic_write_text", "backends", "build_source",
-    "calibrate_and_quantize", "check_artifact", "compare", "convert", "get_converter", "keep_float_modules",
-    "precisions",
-    "quantized_reference", "quiet", "read_sidecar", "register_converter", "remove_path", "run_artifact",
-    "sidecar_path", "sqnr_db", "tool_versions", "topk_agreement", "write_sidecar",
+    "calibrate_and_quantize", "check_artifact", "compare", "convert", "convert_many", "get_converter",
+    "keep_float_modules", "precisions", "quantized_reference", "quiet", "read_sidecar", "register_converter",
+    "remove_path", "run_artifact", "sidecar_path", "sqnr_db", "tool_versions", "topk_agreement", "usable_cores",
+    "write_sidecar",
 ]

@@ -180,7 +180,7 @@ class ConvertRequest:
     check: bool = True
     data: str = "photos"
     delegate: str = "xnnpack"
-    num_classes: int = 1000
+    num_classes: int | None = None  # None: what the weights were made for (their classifier), else 1000
     seed: int = 0
     calibration: str = "photos"
     calibration_count: int = 8
@@ -349,6 +349,14 @@ def _plan(r: ConvertRequest) -> Conversion:
     info = mobilevits.get_model_info(r.model)
     resolution = info.default_resolution if r.resolution is None else r.resolution
     info.check_resolution(resolution)
+    probe = None  # a model to validate the weights with, when one at the right class count is already built
+    if r.num_classes is None:  # the class count the weights were made for (a digits model: 10), else 1000
+        n = None
+        if r.weights is not None:
+            probe = mobilevits.create_model(r.model, resolution=resolution, **(r.overrides or {}))
+            n = mobilevits.checkpoint_num_classes(probe, r.weights)
+            probe = None if n is not None else probe  # built for 1000 classes; the weights want n
+        r = dataclasses.replace(r, num_classes=n or 1000)
     named = resolve_labels(r.labels, r.num_classes)  # (names, source) or None; a misfit fails here
     if named is not None and hub_id is not None and names_from_hub:
         named = (named[0], hub_id)
@@ -372,7 +380,8 @@ def _plan(r: ConvertRequest) -> Conversion:
               "weights": None, "seed": r.seed, "normalize_in_model": r.normalize_in_model, "hub": hub_id}
     if r.weights is not None:
         # validates the file (clear WeightsError for corrupt / mismatched checkpoints) and hashes it
-        probe = mobilevits.create_model(r.model, num_classes=r.num_classes, resolution=resolution, **overrides)
+        probe = probe or mobilevits.create_model(r.model, num_classes=r.num_classes, resolution=resolution,
+                                                 **overrides)
         loaded = mobilevits.load_weights(probe, r.weights)
         source["weights"] = {"path": str(Path(r.weights).resolve()), "sha256": loaded["sha256"]}
     job = Conversion(request=r, conv=conv, info=info, resolution=resolution, out_dir=out_dir, source=source,

@@ -26,13 +26,14 @@ _LAZY = {
     "resolve_pretrained": "_registry",
     "ImageClassifier": "base", "Normalize": "base", "Preprocess": "base", "reparameterize_model": "base",
     "rerandomize_": "base", "count_macs": "macs",
-    "WeightsError": "weights", "load_weights": "weights", "read_state_dict": "weights",
+    "WeightsError": "weights", "checkpoint_num_classes": "weights", "load_weights": "weights",
+    "read_state_dict": "weights",
 }
 
 __all__ = [
-    "ImageClassifier", "ModelInfo", "Normalize", "PaperNumbers", "Preprocess", "WeightsError", "count_macs",
-    "create_model", "get_model_info", "list_models", "load_weights", "num_params", "read_state_dict",
-    "reparameterize_model", "rerandomize_",
+    "ImageClassifier", "ModelInfo", "Normalize", "PaperNumbers", "Preprocess", "WeightsError",
+    "checkpoint_num_classes", "count_macs", "create_model", "get_model_info", "list_models", "load_weights",
+    "num_params", "read_state_dict", "reparameterize_model", "rerandomize_",
 ]
 assert set(__all__) <= set(_LAZY)
 
@@ -40,7 +41,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the eager imports
     from ._registry import ModelInfo, PaperNumbers, create_model, get_model_info, list_models, num_params
     from .base import ImageClassifier, Normalize, Preprocess, reparameterize_model, rerandomize_
     from .macs import count_macs
-    from .weights import WeightsError, load_weights, read_state_dict
+    from .weights import WeightsError, checkpoint_num_classes, load_weights, read_state_dict
 
 
 def __getattr__(name: str) -> Any:

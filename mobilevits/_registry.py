@@ -29,11 +29,18 @@ class PaperNumbers:
     source: str = ""
     macs_tolerance: float = 0.02  # how close our counted MACs must be (relative)
     macs_counts_norms: bool = False  # the paper's MACs include BatchNorm (count_macs(count_norms=True))
+    macs_counts_attention: bool = True  # False: the paper leaves out attention's matmuls (count_attention=False)
 
     def to_dict(self) -> dict:
         return {"params": self.params, "macs": None if self.macs_m is None else round(self.macs_m * 1e6),
                 "top1": self.top1, "resolution": self.resolution, "source": self.source,
-                "macs_convention": "conv+linear+matmul" + ("+batchnorm" if self.macs_counts_norms else "")}
+                "macs_convention": ("conv+linear+matmul" if self.macs_counts_attention else "conv+linear")
+                + ("+batchnorm" if self.macs_counts_norms else "")}
+
+    @property
+    def own_convention(self) -> bool:
+        """The paper counts MACs as ``count_macs`` does by default."""
+        return self.macs_counts_attention and not self.macs_counts_norms
 
 
 @dataclass(frozen=True)

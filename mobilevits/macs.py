@@ -8,7 +8,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 
 @torch.no_grad()
-def count_macs(model: nn.Module, resolution: int, in_chans: int = 3, count_norms: bool = False) -> int:
+def count_macs(model: nn.Module, resolution: int, in_chans: int = 3, count_norms: bool = False,
+               count_attention: bool = True) -> int:
     """Multiply-accumulates of one forward pass at batch 1 (eval mode).
 
     Counted at the ATen level by ``torch.utils.flop_counter`` (conv, mm/addmm/bmm, attention
@@ -18,6 +19,10 @@ def count_macs(model: nn.Module, resolution: int, in_chans: int = 3, count_norms
 
     ``count_norms=True`` adds two operations per BatchNorm output element (scale and shift), the
     fvcore convention in which Mobile-Former's README reports its MAdds.
+
+    ``count_attention=False`` leaves out the batched matmuls (``bmm``: every model here writes attention's
+    q k^T and attn v as ``bmm``, and nothing else), the convention of papers that count only the layers with
+    weights (ConViT's Table 1).
     """
     was_training = model.training
     model.eval()
@@ -38,4 +43,7 @@ def count_macs(model: nn.Module, resolution: int, in_chans: int = 3, count_norms
         for h in handles:
             h.remove()
         model.train(was_training)
-    return counter.get_total_flops() // 2 + norm_ops
+    flops = counter.get_total_flops()
+    if not count_attention:
+        flops -= counter.get_flop_counts().get("Global", {}).get(torch.ops.aten.bmm, 0)
+    return flops // 2 + norm_ops

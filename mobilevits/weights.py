@@ -114,6 +114,21 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return obj
 
 
+def checkpoint_num_classes(model: nn.Module, path: str | Path) -> int | None:
+    """The number of classes the weights in ``path`` were made for, when it differs from ``model``'s.
+
+    Read from the classifier tensors: those whose first dimension is the model's class count and whose
+    other dimensions match. None when the head fits (or no tensor tells); then the model's count stands.
+    """
+    state, _ = translate(read_state_dict(path), model)
+    own = model.state_dict()
+    n = getattr(model, "num_classes", None)
+    found = {state[k].shape[0] for k in set(state) & set(own)
+             if state[k].shape != own[k].shape and state[k].dim() == own[k].dim() and own[k].shape[0] == n
+             and state[k].shape[1:] == own[k].shape[1:]}
+    return found.pop() if len(found) == 1 else None
+
+
 def load_weights(model: nn.Module, path: str | Path, new_head: bool = False) -> dict[str, Any]:
     """Load ``path`` into ``model`` strictly; returns ``{"sha256", "path", "layout", "reset"}``.
 

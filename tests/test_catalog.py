@@ -32,7 +32,8 @@ def _cli_without_torch(*argv: str) -> tuple[int, str, bool]:
     (("list", "--pattern", "mobilevit*", "--json"), 0, '"mobilevit_xs"'),
     (("convert", "--help"), 0, "Models: efficientnet_b0"),
     (("convert", "mobilevit_xxx", "--to", "executorch"), 2, "Did you mean mobilevit_xxs"),
-    (("convert", "mobilevit_xxs", "--to", "onnx"), 2, "invalid choice: 'onnx'"),
+    (("convert", "mobilevit_xxs", "--to", "onnx"), 2, "unknown backend 'onnx'; choose one or more of"),
+    (("convert", "mobilevit_xxs", "--to", "tflite,executorch,tflite"), 2, "a backend is named twice"),
     (("bench", "--runtime", "nope"), 2, "runtime"),
 ])
 def test_cli_answers_without_importing_torch(argv, rc, needle):

@@ -68,7 +68,8 @@ def test_params_and_macs_match_paper(name):
     model = create_model(name, resolution=paper.resolution)
     assert mobilevits.num_params(model) == paper.params
     if paper.macs_m is not None:
-        macs = mobilevits.count_macs(model, paper.resolution, count_norms=paper.macs_counts_norms) / 1e6
+        macs = mobilevits.count_macs(model, paper.resolution, count_norms=paper.macs_counts_norms,
+                                     count_attention=paper.macs_counts_attention) / 1e6
         assert abs(macs - paper.macs_m) / paper.macs_m <= paper.macs_tolerance, (macs, paper.macs_m)
 
 

@@ -98,6 +98,21 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backend_list(value: str) -> list[str]:
+    """A comma list of backends, checked against the catalog at parse time."""
+    from .catalog import backends
+
+    known = list(backends())
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    bad = [n for n in names if n not in known]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"unknown backend {', '.join(map(repr, bad)) or repr(value)}; "
+                                         f"choose one or more of {','.join(known)}")
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"a backend is named twice in {value!r}")
+    return names
+
+
 def _runtime_list(value: str) -> str:
     """A comma list of runtimes, checked against the catalog at parse time."""
     from .catalog import runtimes
@@ -124,18 +139,26 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     from .report import to_json
 
-    result = convert(args.model, to=args.to, precision=args.precision, resolution=args.resolution,
-                     weights=args.weights, out=args.out, check=not args.no_check, data=args.data,
-                     delegate=args.delegate, num_classes=args.num_classes, seed=args.seed,
-                     calibration=args.calibration, require_full_delegation=args.require_full_delegation,
-                     labels=args.labels, forms=args.form, keep_float=_names(args.keep_float),
-                     force=args.force, show_progress=not args.json)
-    if args.json:
-        print(to_json(result))
+    options = dict(precision=args.precision, resolution=args.resolution, weights=args.weights, out=args.out,
+                   check=not args.no_check, data=args.data, delegate=args.delegate, num_classes=args.num_classes,
+                   seed=args.seed, calibration=args.calibration,
+                   require_full_delegation=args.require_full_delegation, labels=args.labels, forms=args.form,
+                   keep_float=_names(args.keep_float), force=args.force, show_progress=not args.json)
+    if len(args.to) == 1:
+        results = [convert(args.model, to=args.to[0], **options)]
     else:
-        print(_describe_convert(result))
-    check = result.get("check")
-    return 0 if check is None or check["passed"] else EXIT_FAILED
+        from converters import convert_many
+
+        results = convert_many(args.model, args.to, jobs=args.jobs, log=_logger(args.json), **options)
+    if args.json:
+        print(to_json(results[0] if len(results) == 1 else results))
+    else:
+        print("\n\n".join(_describe_convert(r) for r in results))
+        if len(results) > 1:
+            from .report import conversion_table
+
+            print("\n" + conversion_table(results))
+    return 0 if all(r.get("check") is None or r["check"]["passed"] for r in results) else EXIT_FAILED
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -289,7 +312,7 @@ def _int_list(value: str) -> list[int]:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import demo
 
-    return demo(out=args.out, fast=args.fast)
+    return demo(out=args.out, full=args.full, fast=args.fast, jobs=args.jobs)
 
 
 def cmd_export_app_assets(args: argparse.Namespace) -> int:
@@ -442,13 +465,17 @@ def build_parser() -> argparse.ArgumentParser:
                        description=f"Models: {models}")
     s.add_argument("model", type=_model_name,
                    help="model name (see `mobilevits list`) or a hub id: hf-hub:OWNER/NAME[@REV], timm/NAME")
-    s.add_argument("--to", required=True, choices=backends(), help="backend")
+    s.add_argument("--to", required=True, type=_backend_list, metavar="BACKEND[,BACKEND...]",
+                   help=f"one or more of {','.join(backends())}, comma-separated (several convert side by side)")
+    s.add_argument("--jobs", type=_positive_int,
+                   help="several backends: conversions at once in worker processes (default: one per core)")
     s.add_argument("--precision", default="fp32", choices=precisions(),
                    help="fp32, int8 (all backends); fp16, w8 (coreml only)")
     s.add_argument("--resolution", type=_positive_int, help="input side in pixels (default: the model's)")
     s.add_argument("--weights", help="checkpoint (.safetensors/.pt/.pth/.pth.tar/.bin) in our, timm's or the official "
                    "code's layout, see docs/checkpoints.md (default: random init, re-randomised norms)")
-    s.add_argument("--num-classes", type=_positive_int, default=1000)
+    s.add_argument("--num-classes", type=_positive_int,
+                   help="classes of the model (default: what --weights were made for, else 1000)")
     s.add_argument("--out", default="out", help="output folder (default: out)")
     s.add_argument("--delegate", default="xnnpack", choices=["xnnpack", "coreml"],
                    help="executorch only: XNNPACK (Android/iOS CPU) or Core ML (iOS)")
@@ -493,7 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top", type=_positive_int, default=5)
     s.add_argument("--labels", help="imagenet1k, or a file of class names (default: the artifact's sidecar's)")
     s.add_argument("--weights", help="model name only: a state dict to load")
-    s.add_argument("--num-classes", type=_positive_int, help="model name only (default 1000)")
+    s.add_argument("--num-classes", type=_positive_int,
+                   help="model name only (default: what --weights were made for, else 1000)")
     s.add_argument("--resolution", type=_positive_int, help="model name only (default: the model's)")
     s.add_argument("--device", default="host", help="host (default), qemu-arm64[:CPU] or ssh:[USER@]HOST[:PORT] "
                                                     "(artifacts only)")
@@ -596,6 +624,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("demo", help="the main job on embedded defaults (what `make demo` runs)")
     s.add_argument("--out", default="out/demo")
+    s.add_argument("--full", action="store_true", help="the whole walkthrough: model table, fp32 and QAT int8 "
+                   "for every backend with the accuracy ledger, app assets, resolution sweep (make demo-full)")
+    s.add_argument("--jobs", type=_positive_int, help="conversions at once (default: one per core)")
     s.add_argument("--fast", action="store_true", help="tiny model, small resolution (for a smoke test)")
     s.set_defaults(func=cmd_demo)
     return p

@@ -88,7 +88,11 @@ def predict(target: str | Path, images: Sequence[str | Path], top: int = 5, labe
             stored = {"names": hub.labels, "source": hub.hub_id} if hub.labels else None
         info = mobilevits.get_model_info(str(target))  # unknown name: one line listing close matches
         res = resolution or info.default_resolution
-        n_classes = num_classes or 1000
+        n_classes = num_classes
+        if n_classes is None and weights is not None:  # what the weights were made for (a digits model: 10)
+            n_classes = mobilevits.checkpoint_num_classes(mobilevits.create_model(str(target), resolution=res),
+                                                          weights)
+        n_classes = n_classes or 1000
         source = {"name": str(target), "num_classes": n_classes, "resolution": res, "overrides": {},
                   "weights": None, "seed": 0, "normalize_in_model": True}
         if weights is not None:

@@ -29,9 +29,10 @@ def model_table(resolution: int | None = None, pattern: str | None = None, show_
         model = create_model(name, resolution=res)
         row = {"name": name, "family": info.family, "resolution": res, "params": num_params(model),
                "macs": count_macs(model, res), "paper": info.paper.to_dict() if info.paper else None}
-        if info.paper and info.paper.macs_counts_norms:
-            # the paper counts BatchNorm too: compare like with like
-            row["macs_paper_convention"] = count_macs(model, res, count_norms=True)
+        if info.paper and not info.paper.own_convention:
+            # the paper counts BatchNorm too, or leaves attention's matmuls out: compare like with like
+            row["macs_paper_convention"] = count_macs(model, res, count_norms=info.paper.macs_counts_norms,
+                                                      count_attention=info.paper.macs_counts_attention)
         rows.append(row)
     return rows
 
@@ -65,6 +66,24 @@ def table(rows: list[list[Any]], headers: list[str]) -> str:
 
     sep = "  ".join("-" * w for w in widths)
     return "\n".join([line(headers), sep, *(line(r) for r in cells)])
+
+
+def conversion_table(results: Sequence[dict[str, Any]]) -> str:
+    """One row per conversion result: artifact, size, time (or reused), delegation, check against PyTorch."""
+    from pathlib import Path
+
+    rows = []
+    for r in results:
+        c, d = r.get("check") or {}, r.get("delegation") or {}
+        acc = (c.get("accuracy") or {}).get("artifact")
+        coreml = Path(r["artifact"]).suffix == ".mlpackage"
+        rows.append([Path(r["artifact"]).name, f"{r['size_bytes'] / 1e6:.2f}",
+                     "reused" if r.get("reused") else f"{r['seconds']:.0f}",
+                     f"{d.get('delegated')} ops" if coreml else f"{100 * d.get('fraction', 0):.0f}%",
+                     "-" if c.get("sqnr_db") is None else f"{c['sqnr_db']:.1f}",
+                     "-" if acc is None else f"{100 * acc:.1f}%",
+                     "-" if not c else "PASS" if c["passed"] else "FAIL", c.get("runtime", "-")])
+    return table(rows, ["artifact", "MB", "s", "delegated", "SQNR dB", "top-1", "check", "against"])
 
 
 def _is_num(v: Any) -> bool:
@@ -114,5 +133,6 @@ def format_model_table(rows: list[dict[str, Any]]) -> str:
     text = table(out, ["model", "family", "res", "params", "MACs", "paper params", "paper MACs", "MACs diff",
                        "paper top-1"])
     if any("macs_paper_convention" in r for r in rows):
-        text += "\n* the paper's MACs include BatchNorm (2 ops per element); the diff counts them the same way"
+        text += ("\n* counted the paper's way (its macs_convention): BatchNorm included (2 ops per element) or "
+                 "attention's matmuls left out")
     return text

@@ -37,6 +37,10 @@ from ..data import ImageSet, load_data
 CHECKPOINT = "checkpoint.pt"
 
 
+class OtherRunError(ValueError):
+    """``resume`` found a checkpoint written by a run with other settings (model, data, recipe)."""
+
+
 @dataclass
 class Recipe:
     """Training hyper-parameters. The defaults train compact transformers on ``digits`` untuned."""
@@ -230,7 +234,7 @@ def fit(
     if resume and ckpt_path.is_file():
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         if ck.get("kind") != kind or ck.get("meta") != meta:
-            raise ValueError(f"{ckpt_path} belongs to another run ({ck.get('kind')}: {ck.get('meta')}); "
+            raise OtherRunError(f"{ckpt_path} belongs to another run ({ck.get('kind')}: {ck.get('meta')}); "
                              f"use another --out or drop --resume")
         module.load_state_dict(ck["module"])
         opt.load_state_dict(ck["optimizer"])
