@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,9 @@ def _architecture(name: str) -> str:
     if name.startswith("levit_conv_"):
         raise HubError(f"{name} is timm's 1x1-convolution layout of LeViT, which is not read yet: take the same "
                        f"weights in the linear layout, timm/{name.replace('levit_conv_', 'levit_')}.<tag>")
+    deit = re.fullmatch(r"(deit_(?:tiny|small|base)(?:_distilled)?)_patch16_\d+", name)
+    if deit:  # timm names DeiT by patch and training size; the input size comes from the config
+        return deit.group(1)
     return name
 
 

@@ -497,6 +497,37 @@ def split_qkv(state_dict: dict[str, torch.Tensor], prefix: str) -> None:
                 state_dict[f"{prefix}{name}.{kind}"] = part.contiguous()
 
 
+def resize_pos_embed_on_load(state: dict[str, torch.Tensor], model: nn.Module, note: str = "") -> None:
+    """Checkpoint fixup, in place: a ``pos_embed`` made for another patch grid is resized to ``model.grid``.
+
+    ``model`` has ``pos_embed`` (1, num_prefix + grid^2, C), ``num_prefix``, ``grid``, ``resolution`` and
+    ``cfg.patch_size``. A warning names both resolutions; any other misfit is left to the strict load.
+    """
+    import warnings
+
+    pos, own = state.get("pos_embed"), model.pos_embed
+    if pos is None or pos.shape == own.shape or pos.dim() != 3 or pos.shape[2] != own.shape[2]:
+        return
+    old = math.isqrt(pos.shape[1] - model.num_prefix)
+    if old * old != pos.shape[1] - model.num_prefix:
+        return
+    state["pos_embed"] = resample_pos_embed(pos, model.num_prefix, model.grid)
+    warnings.warn(f"{type(model).__name__} weights were made at resolution {old * model.cfg.patch_size}, the model "
+                  f"is at {model.resolution}: resized the position embedding bicubically ({old}x{old} -> "
+                  f"{model.grid}x{model.grid} patches){note}", stacklevel=5)
+
+
+def resample_pos_embed(pos: torch.Tensor, prefix: int, grid: int) -> torch.Tensor:
+    """A learned position embedding (1, prefix + g*g, C) for a g x g patch grid, resized to ``grid`` x ``grid``
+    bicubically (antialiased when shrinking); the ``prefix`` tokens' rows are kept."""
+    old = math.isqrt(pos.shape[1] - prefix)
+    if old * old != pos.shape[1] - prefix:
+        raise ValueError(f"position embedding of {pos.shape[1] - prefix} patch rows is not a square grid")
+    g = pos[:, prefix:].reshape(1, old, old, -1).permute(0, 3, 1, 2).float()  # (1, C, old, old)
+    g = F.interpolate(g, size=(grid, grid), mode="bicubic", align_corners=False, antialias=grid < old)
+    return torch.cat([pos[:, :prefix], g.permute(0, 2, 3, 1).reshape(1, grid * grid, -1).to(pos.dtype)], dim=1)
+
+
 def init_weights_trunc_normal(module: nn.Module, std: float = 0.02) -> None:
     """ViT-style init: trunc-normal linears, kaiming convs, unit norms."""
     for m in module.modules():

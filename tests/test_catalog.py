@@ -30,7 +30,7 @@ def _cli_without_torch(*argv: str) -> tuple[int, str, bool]:
     (("--version",), 0, "mobilevits 0."),
     (("list",), 0, "levit_128s"),
     (("list", "--pattern", "mobilevit*", "--json"), 0, '"mobilevit_xs"'),
-    (("convert", "--help"), 0, "Models: efficientnet_b0"),
+    (("convert", "--help"), 0, "Models: convit_base, convit_small"),
     (("convert", "mobilevit_xxx", "--to", "executorch"), 2, "Did you mean mobilevit_xxs"),
     (("convert", "mobilevit_xxs", "--to", "onnx"), 2, "unknown backend 'onnx'; choose one or more of"),
     (("convert", "mobilevit_xxs", "--to", "tflite,executorch,tflite"), 2, "a backend is named twice"),

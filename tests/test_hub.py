@@ -153,3 +153,13 @@ def test_checkpoint_wrappers_prefer_the_trained_weights_over_the_ema_copy(tmp_pa
     (tmp_path / "e.tar").write_bytes(b"x")
     with pytest.raises(WeightsError, match="expected one of .* or .pth.tar"):
         read_state_dict(tmp_path / "e.tar")
+
+
+@pytest.mark.parametrize("timm_name,ours", [
+    ("deit_tiny_patch16_224", "deit_tiny"), ("deit_base_distilled_patch16_384", "deit_base_distilled"),
+    ("mobilevit_xxs", "mobilevit_xxs"), ("deit3_small_patch16_224", "deit3_small_patch16_224"),
+])
+def test_timm_architecture_names_map_to_ours(timm_name, ours):
+    from mobilevits.hub import _architecture
+
+    assert _architecture(timm_name) == ours  # DeiT III (layer scale) is not DeiT: the registry refuses it

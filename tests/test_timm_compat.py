@@ -21,6 +21,9 @@ CASES = {
     "mobilevit_tiny": ("mobilevit_tiny", {}, 160, (np.zeros(3, np.float32), np.ones(3, np.float32))),
     "levit_tiny": ("levit_tiny", {}, 160, IMAGENET),
     "efficientnet_b0_025": ("efficientnet_tiny", {}, 128, IMAGENET),
+    "deit_test_distilled": ("deit_test", {}, 112, IMAGENET),
+    "deit_test": ("deit_test", {"distilled": False}, 112, IMAGENET),
+    "convit_test": ("convit_test", {}, 112, IMAGENET),
 }
 
 
