@@ -82,6 +82,12 @@ def _architecture(name: str) -> str:
     if name.startswith("levit_conv_"):
         raise HubError(f"{name} is timm's 1x1-convolution layout of LeViT, which is not read yet: take the same "
                        f"weights in the linear layout, timm/{name.replace('levit_conv_', 'levit_')}.<tag>")
+    if name.startswith("tnt_s_legacy"):
+        raise HubError(f"{name} embeds pixels by one convolution over the whole image before cutting patches, "
+                       "another function than TNT's official code; take timm/tnt_s_patch16_224.<tag>")
+    tnt = {"tnt_s_patch16_224": "tnt_small", "tnt_b_patch16_224": "tnt_base"}.get(name)
+    if tnt:
+        return tnt
     deit = re.fullmatch(r"(deit_(?:tiny|small|base)(?:_distilled)?)_patch16_\d+", name)
     if deit:  # timm names DeiT by patch and training size; the input size comes from the config
         return deit.group(1)

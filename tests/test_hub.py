@@ -158,8 +158,16 @@ def test_checkpoint_wrappers_prefer_the_trained_weights_over_the_ema_copy(tmp_pa
 @pytest.mark.parametrize("timm_name,ours", [
     ("deit_tiny_patch16_224", "deit_tiny"), ("deit_base_distilled_patch16_384", "deit_base_distilled"),
     ("mobilevit_xxs", "mobilevit_xxs"), ("deit3_small_patch16_224", "deit3_small_patch16_224"),
+    ("tnt_s_patch16_224", "tnt_small"), ("convit_tiny", "convit_tiny"),
 ])
 def test_timm_architecture_names_map_to_ours(timm_name, ours):
     from mobilevits.hub import _architecture
 
     assert _architecture(timm_name) == ours  # DeiT III (layer scale) is not DeiT: the registry refuses it
+
+
+def test_timms_legacy_tnt_is_refused_with_the_name_to_take():
+    from mobilevits.hub import HubError, _architecture
+
+    with pytest.raises(HubError, match="take timm/tnt_s_patch16_224"):
+        _architecture("tnt_s_legacy_patch16_224")

@@ -13,6 +13,20 @@ ALL = list_models(include_tiny=True)
 PAPER = [n for n in ALL if get_model_info(n).paper is not None]
 
 
+def _representative() -> list[str]:
+    """Every reduced config and the smallest paper variant of each family (by params), plus Mobile-Former's
+    grouped 26M: the paper variants of a family share their code and differ in widths and depths, which
+    ``test_export_and_fuse_at_paper_resolution`` covers for every one of them at full size."""
+    chosen = {n for n in ALL if get_model_info(n).tiny} | {"mobile_former_26m"}
+    for family in {get_model_info(n).family for n in PAPER}:
+        chosen.add(min((n for n in PAPER if get_model_info(n).family == family),
+                       key=lambda n: get_model_info(n).paper.params))
+    return sorted(chosen)
+
+
+REPRESENTATIVE = _representative()
+
+
 def _small_model(name: str) -> tuple[torch.nn.Module, int]:
     """The model at its smallest resolution, re-randomised so norms are not trivial."""
     info = get_model_info(name)
@@ -28,7 +42,7 @@ def _export(model: torch.nn.Module, res: int) -> torch.export.ExportedProgram:
     return torch.export.export(model, (torch.randn(2, 3, res, res),), dynamic_shapes=({0: batch},))
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", REPRESENTATIVE)
 def test_export_dynamic_batch_rank_and_no_dropout(name):
     model, res = _small_model(name)
     ep = _export(model, res)
@@ -44,7 +58,7 @@ def test_export_dynamic_batch_rank_and_no_dropout(name):
         torch.testing.assert_close(ep.module()(x), model(x), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", REPRESENTATIVE)
 def test_batch_independence_and_fuse(name):
     model, res = _small_model(name)
     x = torch.randn(2, 3, res, res)

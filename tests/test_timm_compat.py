@@ -24,6 +24,7 @@ CASES = {
     "deit_test_distilled": ("deit_test", {}, 112, IMAGENET),
     "deit_test": ("deit_test", {"distilled": False}, 112, IMAGENET),
     "convit_test": ("convit_test", {}, 112, IMAGENET),
+    "tnt_test": ("tnt_test", {}, 112, IMAGENET),
 }
 
 

@@ -1,1 +1,1 @@
-from . import convit, deit, efficientnet, levit, mobile_former, mobilenetv3, mobilevit, sepvit  # noqa: F401
+from . import convit, deit, efficientnet, levit, mobile_former, mobilenetv3, mobilevit, sepvit, tnt  # noqa: F401

@@ -70,7 +70,7 @@ CFGS = {
     "deit_small_distilled": DeiTCfg(384, 6, 12, True),
     "deit_base_distilled": DeiTCfg(768, 12, 12, True),
     # reduced config for the fast generic tests (not in the paper)
-    "deit_test": DeiTCfg(32, 2, 2, True, drop_path_rate=0.0),
+    "deit_test": DeiTCfg(32, 2, 1, True, drop_path_rate=0.0),
 }
 
 
