@@ -488,17 +488,22 @@ class Attention(nn.Module):
         return self.proj_drop(self.proj(x))
 
 
-def split_qkv(state_dict: dict[str, torch.Tensor], prefix: str) -> None:
-    """In place: replace ``{prefix}qkv.{weight,bias}`` (q, k, v stacked on dim 0) by ``q``/``k``/``v``."""
+def split_qkv(state_dict: dict[str, torch.Tensor], prefix: str, fused: str = "qkv",
+              names: tuple[str, ...] | None = None) -> None:
+    """In place: replace ``{prefix}{fused}.{weight,bias}`` (projections stacked on dim 0, in the order of ``names``;
+    default the letters of ``fused``: ``qkv`` -> q, k, v; ``qk`` -> q, k) by one entry per name."""
+    names = names or tuple(fused)
     for kind in ("weight", "bias"):
-        key = f"{prefix}qkv.{kind}"
+        key = f"{prefix}{fused}.{kind}"
         if key in state_dict:
-            for name, part in zip("qkv", state_dict.pop(key).chunk(3, 0)):
+            for name, part in zip(names, state_dict.pop(key).chunk(len(names), 0)):
                 state_dict[f"{prefix}{name}.{kind}"] = part.contiguous()
 
 
-def resize_pos_embed_on_load(state: dict[str, torch.Tensor], model: nn.Module, note: str = "") -> None:
-    """Checkpoint fixup, in place: a ``pos_embed`` made for another patch grid is resized to ``model.grid``.
+def resize_pos_embed_on_load(state: dict[str, torch.Tensor], model: nn.Module,
+                             note: str = "") -> dict[str, torch.Tensor]:
+    """Checkpoint fixup (returns ``state``, changed in place): a ``pos_embed`` made for another patch grid is
+    resized to ``model.grid``.
 
     ``model`` has ``pos_embed`` (1, num_prefix + grid^2, C), ``num_prefix``, ``grid``, ``resolution`` and
     ``cfg.patch_size``. A warning names both resolutions; any other misfit is left to the strict load.
@@ -507,14 +512,15 @@ def resize_pos_embed_on_load(state: dict[str, torch.Tensor], model: nn.Module, n
 
     pos, own = state.get("pos_embed"), model.pos_embed
     if pos is None or pos.shape == own.shape or pos.dim() != 3 or pos.shape[2] != own.shape[2]:
-        return
+        return state
     old = math.isqrt(pos.shape[1] - model.num_prefix)
     if old * old != pos.shape[1] - model.num_prefix:
-        return
+        return state
     state["pos_embed"] = resample_pos_embed(pos, model.num_prefix, model.grid)
     warnings.warn(f"{type(model).__name__} weights were made at resolution {old * model.cfg.patch_size}, the model "
                   f"is at {model.resolution}: resized the position embedding bicubically ({old}x{old} -> "
-                  f"{model.grid}x{model.grid} patches){note}", stacklevel=5)
+                  f"{model.grid}x{model.grid} patches){note}", stacklevel=4)
+    return state
 
 
 def resample_pos_embed(pos: torch.Tensor, prefix: int, grid: int) -> torch.Tensor:

@@ -26,6 +26,7 @@ Deployment choices (see ``layers.py``):
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -221,21 +222,15 @@ def _from_timm(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, to
     out = {k.replace("patch_embed.proj.", "patch_embed.", 1) if k.startswith("patch_embed.proj.") else k: v
            for k, v in state.items()}
     for i in range(len(model.blocks)):
-        key = f"blocks.{i}.attn.qk.weight"
-        if key in out:  # GPSA: q rows then k rows
-            out[f"blocks.{i}.attn.q.weight"], out[f"blocks.{i}.attn.k.weight"] = \
-                (t.contiguous() for t in out.pop(key).chunk(2, 0))
+        split_qkv(out, f"blocks.{i}.attn.", "qk")  # GPSA: q rows then k rows
         split_qkv(out, f"blocks.{i}.attn.")
     return out
 
 
-def _resize_pos_embed(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    resize_pos_embed_on_load(state, model, "; GPSA's relative offsets follow the new grid")
-    return state
-
 
 register_layout(FAMILY, "timm", lambda state: "blocks.0.attn.qk.weight" in state, _from_timm)
-register_checkpoint_fixup(FAMILY, _resize_pos_embed)
+register_checkpoint_fixup(FAMILY, functools.partial(
+    resize_pos_embed_on_load, note="; GPSA's relative offsets follow the new grid"))
 
 # Params: timm's convit_* (= the official code) to the unit. MACs: paper Table 1 counts the layers with weights
 # only (ours without attention's matmuls: 1075 M, 5345 M, 16790 M; with them 1252 M, 5747 M, 17505 M); Ti's

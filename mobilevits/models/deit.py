@@ -154,13 +154,9 @@ def _from_timm(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, to
     return out
 
 
-def _resize_pos_embed(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    resize_pos_embed_on_load(state, model)
-    return state
-
 
 register_layout(FAMILY, "timm", lambda state: "blocks.0.attn.qkv.weight" in state, _from_timm)
-register_checkpoint_fixup(FAMILY, _resize_pos_embed)
+register_checkpoint_fixup(FAMILY, resize_pos_embed_on_load)
 
 # Params: timm's deit_* (= the official code) to the unit. MACs (ours: convs, linears and attention matmuls):
 # Table 1 gives none. DeiT-Ti is quoted as 1.3 G (MobileViT paper, Table 3, rounded to 0.1 G) and, distilled, as

@@ -378,9 +378,8 @@ def _from_official(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str
              for k, v in state.items()}
     for prefix in {k[: -len("qkv.weight")] for k in state if k.endswith("attn.qkv.weight")}:
         split_qkv(state, prefix)
-    for key in [k for k in state if ".attn.PSA_qk." in k]:
-        for name, part in zip(("psa_q", "psa_k"), state.pop(key).chunk(2, 0)):
-            state[key.replace("PSA_qk", name)] = part.contiguous()
+    for prefix in {k[: k.index("PSA_qk.")] for k in state if ".attn.PSA_qk." in k}:
+        split_qkv(state, prefix, "PSA_qk", ("psa_q", "psa_k"))
     return state
 
 

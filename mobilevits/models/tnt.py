@@ -33,7 +33,16 @@ from torch import nn
 
 from .._registry import PaperNumbers, register_family
 from ..base import ImageClassifier, Preprocess
-from ..layers import Attention, Dropout, DropPath, LayerNorm, Mlp, init_weights_trunc_normal, resize_pos_embed_on_load
+from ..layers import (
+    Attention,
+    Dropout,
+    DropPath,
+    LayerNorm,
+    Mlp,
+    init_weights_trunc_normal,
+    resize_pos_embed_on_load,
+    split_qkv,
+)
 from ..weights import register_checkpoint_fixup, register_layout
 
 FAMILY = "tnt"
@@ -160,20 +169,13 @@ def _from_timm(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, to
         out["pos_embed" if k == "patch_pos" else k] = v
     for i in range(len(model.blocks)):
         for attn in ("attn_in", "attn_out"):
-            key = f"blocks.{i}.{attn}.qk.weight"
-            if key in out:
-                q, k = out.pop(key).chunk(2, 0)
-                out[f"blocks.{i}.{attn}.q.weight"], out[f"blocks.{i}.{attn}.k.weight"] = q.contiguous(), k.contiguous()
+            split_qkv(out, f"blocks.{i}.{attn}.", "qk")
     return out
 
 
-def _resize_pos_embed(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    resize_pos_embed_on_load(state, model)
-    return state
-
 
 register_layout(FAMILY, "timm", lambda state: "patch_pos" in state, _from_timm)
-register_checkpoint_fixup(FAMILY, _resize_pos_embed)
+register_checkpoint_fixup(FAMILY, resize_pos_embed_on_load)
 
 # Params: timm's tnt_*_patch16_224 (= the official PyTorch code) to the unit. MACs and top-1: paper Table 1
 # (5.2 G and 14.1 G; ours, attention's matmuls included, 5217 M and 14049 M).
