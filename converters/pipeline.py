@@ -44,7 +44,7 @@ from .base import (
     remove_path,
     tool_versions,
 )
-from .compare import THRESHOLDS_DB, accuracy, compare, int8_verdict, sqnr_db
+from .compare import MARGIN_MIN_IMAGES, THRESHOLDS_DB, accuracy, compare, int8_verdict, sqnr_db
 
 SIDECAR_FORMAT = "mobilevits-artifact/1"
 
@@ -604,7 +604,36 @@ def check_artifact(
     for the other precisions the per-op report does not change ``passed``.
     An op the executor does not implement fails the check with the op's name and the package's op
     histogram. The result is also stored in the artifact's sidecar.
+
+    The default data (``photos``, no ``limit``) are 8 images, too few for the int8 rule's margin test: when an
+    int8 check on them falls below 30 dB with no op off by more than one step, it runs again on 128 photos and
+    crops of them (``photo-crops``) so that rule (b) can decide (on this host; ``escalated_from`` keeps the first
+    numbers). Deep transformers need this: ties compound through 12 blocks to 27-28 dB on faithful artifacts.
     """
+    holder: dict[str, Any] = {}
+    result = _check_once(artifact, data, limit, threads, layers, quantized, session, holder)
+    if not (result["precision"] == "int8" and not result["passed"] and result.get("rule") == "sqnr"
+            and data == "photos" and limit is None and session is None and result.get("sqnr_db") is not None
+            and (result.get("images") or 0) < MARGIN_MIN_IMAGES and "FAILED per-op" not in result["rule_note"]):
+        return result
+    first = result
+    result = _check_once(artifact, "photo-crops", None, threads, False, holder.get("qref", quantized), None, holder)
+    for key, value in first.items():  # the per-op report of the first image stays
+        if (key.startswith("layers") or key in ("first_divergence", "runtime_identical")) and key not in result:
+            result[key] = value
+    result["data_spec"] = data
+    result["escalated_from"] = {k: first[k] for k in ("data", "images", "sqnr_db", "sqnr_quantised_vs_float_db",
+                                                     "top1_agreement", "rule_note")}
+    result["note"] = (f"{first['images']} photos gave SQNR {first['sqnr_db']:.1f} dB < {THRESHOLDS_DB['int8']:g} "
+                      f"dB, too few images for rule (b): checked again on {result['images']} photos and crops of "
+                      f"them; {result['note']}")
+    _store_check(Path(artifact), read_sidecar(artifact), result)
+    return result
+
+
+def _check_once(artifact: str | Path, data: str, limit: int | None, threads: int, layers: bool,
+                quantized: torch.nn.Module | None, session: Session | None, holder: dict[str, Any]) -> dict[str, Any]:
+    """One pass of :func:`check_artifact` on one data set; ``holder["qref"]`` keeps the quantised reference."""
     artifact = Path(artifact)
     meta = read_sidecar(artifact)
     conv = get_converter(meta["backend"])
@@ -651,6 +680,7 @@ def check_artifact(
 
     ref = ref_float
     qref = (quantized if quantized is not None else quantized_reference(meta, src)) if precision == "int8" else None
+    holder["qref"] = qref
     # the same weights without activation quantisation: how far quantisation itself moved the model
     same_weights_float = ref_float
     if qref is not None:

@@ -1,4 +1,5 @@
-"""Real images that need no download: scikit-image's sample photos, scikit-learn's digits, folders.
+"""Real images that need no download: scikit-image's sample photos (and crops of them), scikit-learn's
+digits, folders.
 
 Every loader returns float32 RGB in [0, 1], NCHW, at the model's resolution: the input of a
 converted artifact (normalisation is baked into artifacts; use :class:`mobilevits.Normalize` to
@@ -61,6 +62,30 @@ def photos(pp: Preprocess, limit: int | None = None) -> ImageSet:
     return ImageSet(torch.from_numpy(np.stack(arrays)), None, None, f"scikit-image photos ({len(arrays)})")
 
 
+def photo_crops(pp: Preprocess, count: int = 128, seed: int = 0) -> ImageSet:
+    """``count`` natural images without a download: the 8 photos, then crops of them (a random 30-100% of each
+    side at a random place, half of them mirrored; fixed by ``seed``), each prepared like any image.
+
+    For checks that need more images than there are photos (the int8 rule's margin test needs 100).
+    """
+    import skimage.data
+
+    rng = np.random.default_rng(seed)
+    sources = [Image.fromarray(getattr(skimage.data, n)()).convert("RGB") for n in PHOTOS]
+    arrays = [prepare_image(im, pp) for im in sources][:count]
+    while len(arrays) < count:
+        im = sources[len(arrays) % len(sources)]
+        w, h = im.size
+        cw, ch = (max(8, int(side * rng.uniform(0.3, 1.0))) for side in (w, h))
+        left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        crop = im.crop((left, top, left + cw, top + ch))
+        if rng.random() < 0.5:
+            crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+        arrays.append(prepare_image(crop, pp))
+    return ImageSet(torch.from_numpy(np.stack(arrays)), None, None,
+                    f"scikit-image photos and crops of them ({len(arrays)})")
+
+
 def digits(pp: Preprocess, split: str = "val", seed: int = 0, val_fraction: float = 0.2) -> ImageSet:
     """scikit-learn's handwritten digits (1797 real 8x8 scans, 10 classes), upscaled to the model's size.
 
@@ -121,9 +146,12 @@ def folder(path: str | Path, pp: Preprocess, limit: int | None = None) -> ImageS
 
 
 def load_data(spec: str, pp: Preprocess, limit: int | None = None, split: str = "val") -> ImageSet:
-    """``photos``, ``digits`` or a folder path -> :class:`ImageSet` at the model's preprocessing."""
+    """``photos``, ``photo-crops``, ``digits`` or a folder path -> :class:`ImageSet` at the model's
+    preprocessing."""
     if spec == "photos":
         return photos(pp, limit)
+    if spec == "photo-crops":
+        return photo_crops(pp, count=limit or 128)
     if spec == "digits":
         ds = digits(pp, split=split)
         if limit:
@@ -131,4 +159,4 @@ def load_data(spec: str, pp: Preprocess, limit: int | None = None, split: str = 
         return ds
     if Path(spec).is_dir():
         return folder(spec, pp, limit)
-    raise ValueError(f"--data must be 'photos', 'digits' or an existing folder, got {spec!r}")
+    raise ValueError(f"--data must be 'photos', 'photo-crops', 'digits' or an existing folder, got {spec!r}")

@@ -192,6 +192,33 @@ def test_broken_int8_artifact_fails_under_both_rules_and_layers_names_it(to, art
         assert worst["segment"] == [broken_op.removesuffix("_cast_fp16")], (broken_op, worst)
 
 
+@pytest.mark.slow
+def test_default_photos_too_few_for_rule_b_check_again_on_128_crops(artifacts, tmp_path):
+    bad = tmp_path / "broken.tflite"
+    BREAK["tflite"](artifacts["tflite"], bad)
+    c = check_artifact(bad, show_progress=False)  # default data: 8 photos, below 30 dB -> photos and crops
+    assert c["images"] == 128 and c["escalated_from"]["images"] == 8 and c["data_spec"] == "photos"
+    assert c["rule"] == "margin" and not c["passed"] and c["margin_db"] < 0, c["rule_note"]
+    assert "checked again on 128 photos and crops" in c["note"] and read_sidecar(bad)["check"]["images"] == 128
+    # an op off by many steps is already decided on the first image: no second pass
+    layered = check_artifact(bad, show_progress=False, layers=True)
+    assert layered["images"] == 8 and "escalated_from" not in layered and "FAILED per-op" in layered["rule_note"]
+    # a limit is the user's choice of data: kept
+    assert check_artifact(bad, show_progress=False, limit=4)["images"] == 4
+
+
+def test_photo_crops_are_fixed_distinct_and_start_with_the_photos():
+    from mobilevits.base import Preprocess
+    from mobilevits.data import load_data, photos
+
+    pp = Preprocess(resolution=32)
+    crops = load_data("photo-crops", pp)
+    assert len(crops) == 128 and torch.equal(crops.images[:8], photos(pp).images)
+    assert torch.equal(load_data("photo-crops", pp, limit=20).images, crops.images[:20])
+    flat = crops.images.reshape(128, -1)
+    assert torch.cdist(flat, flat).add(torch.eye(128) * 1e9).min() > 0.1  # no two alike
+
+
 def test_check_text_shows_the_rule_columns():
     from mobilevits.workflows.cli import _describe_check
 
