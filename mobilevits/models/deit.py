@@ -59,7 +59,10 @@ class DeiTCfg:
     mlp_ratio: float = 4.0
     drop_rate: float = 0.0
     drop_path_rate: float = 0.1
+    attention: str = "softmax"  # "relu" (ReluAttention) or "dw" (DwAttention): the softmax-free variants
 
+
+ATTENTIONS = ("softmax", "relu", "dw")
 
 # Paper Table 1 (and Table 5 for the distilled models); columns: DeiTCfg(embed_dim, num_heads, depth, distilled).
 CFGS = {
@@ -69,18 +72,139 @@ CFGS = {
     "deit_tiny_distilled": DeiTCfg(192, 3, 12, True),
     "deit_small_distilled": DeiTCfg(384, 6, 12, True),
     "deit_base_distilled": DeiTCfg(768, 12, 12, True),
-    # reduced config for the fast generic tests (not in the paper)
+    # softmax-free attention on the DeiT-Ti/S backbones (docs/models.md, "Softmax-free attention"; no paper
+    # table: the definitions are ours, from the dynamic-convolution reading of attention)
+    "deit_tiny_relu_attention": DeiTCfg(192, 3, 12, attention="relu"),
+    "deit_small_relu_attention": DeiTCfg(384, 6, 12, attention="relu"),
+    "deit_tiny_dw_attention": DeiTCfg(192, 3, 12, attention="dw"),
+    "deit_small_dw_attention": DeiTCfg(384, 6, 12, attention="dw"),
+    # reduced configs for the fast generic tests (not in the paper)
     "deit_test": DeiTCfg(32, 2, 1, True, drop_path_rate=0.0),
+    "deit_test_relu_attention": DeiTCfg(32, 2, 1, drop_path_rate=0.0, attention="relu"),
+    "deit_test_dw_attention": DeiTCfg(32, 2, 1, drop_path_rate=0.0, attention="dw"),
 }
 
 
-class Block(nn.Module):
-    """Pre-norm transformer block on tokens (B, N, C)."""
+def relative_index(grid: int) -> torch.Tensor:
+    """(grid, grid) long: ``q - j + grid - 1``, the row of a (2 grid - 1)-row table for query row (or column)
+    ``q`` and key row (or column) ``j``."""
+    pos = torch.arange(grid)
+    return pos[:, None] - pos[None, :] + grid - 1
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, drop: float, drop_path: float) -> None:
+
+class _KeyNormalizedAttention(nn.Module):
+    """Shared part of the softmax-free attentions: ``q``, ``k`` projections and the attention weights
+    ``A = ReLU(LN_keys(Q K^T)) / N`` per head, (B*h, N, N). The LayerNorm over the N keys (no affine: N depends
+    on the resolution) replaces softmax's normalisation; it makes the scores' scale irrelevant, so the usual
+    1/sqrt(head_dim) is left out. ReLU keeps the weights non-negative, as softmax's are; 1/N keeps a row's sum
+    near 0.4 whatever the token count (a unit-variance row after ReLU has mean about 0.4)."""
+
+    def __init__(self, dim: int, num_heads: int, tokens: int, proj_drop: float = 0.0) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads, self.head_dim, self.tokens = num_heads, dim // num_heads, tokens
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.key_norm = LayerNorm(tokens, eps=LN_EPS, elementwise_affine=False)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = Dropout(proj_drop)
+
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        B, N, _ = t.shape  # (B, N, C) -> (B*h, N, hd)
+        return t.reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2).reshape(B * self.num_heads, N, -1)
+
+    def _weights(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        scores = torch.bmm(q, k.transpose(1, 2))  # (B*h, N, N)
+        return torch.relu(self.key_norm(scores)) * (1.0 / self.tokens)
+
+    def _out(self, x: torch.Tensor, batch: int, tokens: int) -> torch.Tensor:
+        # (B*h, N, hd) -> (B, N, C)
+        x = x.reshape(batch, self.num_heads, tokens, self.head_dim).transpose(1, 2).reshape(batch, tokens, -1)
+        return self.proj_drop(self.proj(x))
+
+
+class ReluAttention(_KeyNormalizedAttention):
+    """Softmax-free self-attention with relative positions on the values (docs/models.md, "relu_attention").
+
+    ``out_i = sum_j A_ij (v_j + ry[qy_i - jy_j] + rx[qx_i - jx_j])`` over the patch tokens, with
+    ``A = ReLU(LN_keys(Q K^T)) / N``; the prefix (class, distillation) tokens take no relative term. The 2-D
+    offset table is factorised into a row table ``rel_y`` and a column table ``rel_x``, each (h, 2g - 1, hd):
+    the weights summed over key columns (rows) pick row (column) offsets, so every product is a matmul.
+    """
+
+    def __init__(self, dim: int, num_heads: int, grid: int, num_prefix: int, proj_drop: float = 0.0) -> None:
+        super().__init__(dim, num_heads, num_prefix + grid * grid, proj_drop)
+        self.grid, self.num_prefix = grid, num_prefix
+        self.v = nn.Linear(dim, dim)
+        self.rel_y = nn.Parameter(torch.zeros(num_heads, 2 * grid - 1, self.head_dim))
+        self.rel_x = nn.Parameter(torch.zeros(num_heads, 2 * grid - 1, self.head_dim))
+        self.register_buffer("rel_index", relative_index(grid), persistent=False)  # (g, g)
+        self.register_buffer("ones_row", torch.ones(1, grid), persistent=False)  # sums g values by a linear
+        self.fused = False
+
+    def _tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h*g, g, hd) each: for head h and query row (column) q, the entries for key rows (columns) j."""
+        h, g = self.num_heads, self.grid
+        return (self.rel_y[:, self.rel_index].reshape(h * g, g, self.head_dim),
+                self.rel_x[:, self.rel_index].reshape(h * g, g, self.head_dim))
+
+    @torch.no_grad()
+    def fuse(self) -> None:
+        """Freeze the gathered offset tables into constants (deploy form: no gather in the graph)."""
+        table_y, table_x = self._tables()
+        self.register_buffer("table_y", table_y.contiguous(), persistent=False)
+        self.register_buffer("table_x", table_x.contiguous(), persistent=False)
+        self.fused = True
+
+    def _relative(self, attn: torch.Tensor, batch: int) -> torch.Tensor:
+        """sum_j A_ij (ry[qy - jy] + rx[qx - jx]) for every token: (B*h, N, hd), zero for the prefix tokens."""
+        h, g, P, B = self.num_heads, self.grid, self.num_prefix, batch  # noqa: N806
+        table_y, table_x = (self.table_y, self.table_x) if self.fused else self._tables()
+        a = attn[:, P:, P:].reshape(B * h, g * g, g, g)  # (B*h, query, key row, key column)
+        by_row = torch.nn.functional.linear(a, self.ones_row).reshape(B, h * g, g, g)  # (B, h*qy, qx, jy)
+        by_col = torch.nn.functional.linear(a.transpose(2, 3), self.ones_row)  # (B*h, q, jx, 1)
+        by_col = by_col.reshape(B, h, g, g, g).permute(1, 3, 0, 2, 4).reshape(h * g, B * g, g)  # (h*qx, B*qy, jx)
+        out_y = torch.bmm(by_row.transpose(0, 1).reshape(h * g, B * g, g), table_y)  # (h*qy, B*qx, hd)
+        out_y = out_y.reshape(h, g, B, g, -1).permute(2, 0, 1, 3, 4)  # (B, h, qy, qx, hd)
+        out_x = torch.bmm(by_col, table_x).reshape(h, g, B, g, -1).permute(2, 0, 3, 1, 4)  # (B, h, qy, qx, hd)
+        rel = (out_y + out_x).reshape(B * h, g * g, -1)
+        return torch.cat([rel[:, :P] * 0.0, rel], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        q, k, v = self._heads(self.q(x)), self._heads(self.k(x)), self._heads(self.v(x))
+        attn = self._weights(q, k)
+        return self._out(torch.bmm(attn, v) + self._relative(attn, B), B, N)
+
+
+class DwAttention(_KeyNormalizedAttention):
+    """Depth-wise self-attention (docs/models.md, "dw_attention"): no value projection; the key kernels are
+    averaged with the softmax-free weights, and each query is multiplied by its averaged kernel element-wise,
+    ``out_i = q_i * sum_j A_ij k_j`` per head, like a depth-wise (per-channel) dynamic 1x1 convolution."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        q, k = self._heads(self.q(x)), self._heads(self.k(x))
+        return self._out(q * torch.bmm(self._weights(q, k), k), B, N)
+
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block on tokens (B, N, C); ``attention`` one of :data:`ATTENTIONS`."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, drop: float, drop_path: float,
+                 attention: str = "softmax", grid: int = 0, num_prefix: int = 1) -> None:
         super().__init__()
         self.norm1 = LayerNorm(dim, eps=LN_EPS)
-        self.attn = Attention(dim, num_heads, qkv_bias=True, proj_drop=drop)
+        if attention == "relu":
+            self.attn = ReluAttention(dim, num_heads, grid, num_prefix, proj_drop=drop)
+        elif attention == "dw":
+            self.attn = DwAttention(dim, num_heads, num_prefix + grid * grid, proj_drop=drop)
+        elif attention == "softmax":
+            self.attn = Attention(dim, num_heads, qkv_bias=True, proj_drop=drop)
+        else:
+            raise ValueError(f"unknown attention {attention!r}; choose one of {', '.join(ATTENTIONS)}")
         self.drop_path1 = DropPath(drop_path)
         self.norm2 = LayerNorm(dim, eps=LN_EPS)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act="gelu", drop=drop)
@@ -117,7 +241,8 @@ class DeiT(ImageClassifier):
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix + self.grid ** 2, c))
         self.pos_drop = Dropout(cfg.drop_rate)
         rates = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
-        self.blocks = nn.Sequential(*[Block(c, cfg.num_heads, cfg.mlp_ratio, cfg.drop_rate, r) for r in rates])
+        self.blocks = nn.Sequential(*[Block(c, cfg.num_heads, cfg.mlp_ratio, cfg.drop_rate, r, cfg.attention,
+                                            self.grid, self.num_prefix) for r in rates])
         self.norm = LayerNorm(c, eps=LN_EPS)
         self.head_drop = Dropout(cfg.drop_rate)
         self.head = nn.Linear(c, num_classes)
@@ -126,6 +251,10 @@ class DeiT(ImageClassifier):
         for p in (self.cls_token, self.dist_token, self.pos_embed):
             if p is not None:
                 nn.init.trunc_normal_(p, std=0.02)
+        for m in self.modules():
+            if isinstance(m, ReluAttention):
+                nn.init.trunc_normal_(m.rel_y, std=0.02)
+                nn.init.trunc_normal_(m.rel_x, std=0.02)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, N, C), N = (R/16)^2
@@ -156,7 +285,21 @@ def _from_timm(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, to
 
 
 register_layout(FAMILY, "timm", lambda state: "blocks.0.attn.qkv.weight" in state, _from_timm)
-register_checkpoint_fixup(FAMILY, resize_pos_embed_on_load)
+def _fit_resolution(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Weights made at another resolution: the position embedding resized (with a warning), and the relative
+    offset tables of ``relu_attention`` (h, 2g - 1, hd) resampled linearly to the new grid (centre kept)."""
+    resize_pos_embed_on_load(state, model)
+    own = model.state_dict()
+    for key, table in state.items():
+        if key.endswith(("attn.rel_y", "attn.rel_x")) and key in own and table.shape != own[key].shape \
+                and table.dim() == 3 and table.shape[::2] == own[key].shape[::2]:
+            t = torch.nn.functional.interpolate(table.permute(0, 2, 1).float(), size=own[key].shape[1],
+                                                mode="linear", align_corners=True)  # (h, hd, 2g - 1)
+            state[key] = t.permute(0, 2, 1).to(table.dtype).contiguous()
+    return state
+
+
+register_checkpoint_fixup(FAMILY, _fit_resolution)
 
 # Params: timm's deit_* (= the official code) to the unit. MACs (ours: convs, linears and attention matmuls):
 # Table 1 gives none. DeiT-Ti is quoted as 1.3 G (MobileViT paper, Table 3, rounded to 0.1 G) and, distilled, as
@@ -175,4 +318,10 @@ _PAPER = {
                                          _SRC + "; MACs: Graham et al. 2021, Table 3", macs_tolerance=0.04),
     "deit_base_distilled": PaperNumbers(87_338_192, None, 83.4, 224, _SRC),
 }
+# The softmax-free variants have no paper table: params are the definition's own (a hand count in the tests),
+# no MACs or accuracy are published to compare with.
+_OURS = "definition: docs/models.md, softmax-free attention (Zhou, Loy & Dai 2023 describe, no table)"
+_PAPER.update({name: PaperNumbers(params, None, None, 224, _OURS) for name, params in (
+    ("deit_tiny_relu_attention", 5_841_832), ("deit_small_relu_attention", 22_299_496),
+    ("deit_tiny_dw_attention", 5_272_744), ("deit_small_dw_attention", 20_276_584))})
 register_family(FAMILY, DeiT, CFGS, _PAPER, default_resolution=224, min_resolution=96, resolution_step=16)
