@@ -10,7 +10,8 @@ from mobilevits.workflows import findings as fd
 from mobilevits.workflows.cli import build_parser
 
 TINY_ROLES = {fd.MNV3: "mobilenetv3_tiny", fd.EFFICIENTNET: "efficientnet_tiny", fd.MOBILEVIT: "mobilevit_tiny",
-              fd.MOBILE_FORMER: "mobile_former_tiny", fd.LEVIT: "levit_tiny", fd.SEPVIT: "sepvit_tiny"}
+              fd.MOBILE_FORMER: "mobile_former_tiny", fd.LEVIT: "levit_tiny", fd.SEPVIT: "sepvit_tiny",
+              fd.DEIT: "deit_test", fd.DEIT_RELU: "deit_test_relu_attention", fd.DEIT_DW: "deit_test_dw_attention"}
 
 
 def _cell(model: str, res: int, ms: float, runtime: str = "executorch") -> dict:
@@ -48,7 +49,8 @@ def test_findings_reproduced_on_a_sweep_with_the_papers_shape():
             return 1.0 + 0.6 * px
         if m in conv:
             return conv[m] * px ** 0.9
-        return {fd.MOBILEVIT: 5.0, fd.LEVIT: 2.0, fd.SEPVIT: 0.5}[m] * px ** 1.2
+        return {fd.MOBILEVIT: 5.0, fd.LEVIT: 2.0, fd.SEPVIT: 0.5, fd.DEIT: 4.0, fd.DEIT_RELU: 3.0,
+                fd.DEIT_DW: 2.5}[m] * px ** 1.2
     found = _by_id(fd.evaluate(_sweep(latency), "executorch"))
     assert all(f["reproduced"] for f in found.values()), {k: f["measured"] for k, f in found.items()}
     mf = found["mobile_former_vs_resolution"]["measured"]
@@ -104,9 +106,20 @@ def test_levit_finding_needs_a_single_thread():
     assert f["reproduced"] is False and "single-threaded" in f["measured"]["note"]
 
 
+@pytest.mark.parametrize("relu_ms, dw_ms, reproduced", [(8.0, 7.0, True), (9.9, 7.0, False), (8.0, 11.0, False)])
+def test_softmax_free_finding_needs_both_variants_faster(relu_ms, dw_ms, reproduced):
+    def latency(m: str, r: int) -> float:
+        return {fd.DEIT: 10.0, fd.DEIT_RELU: relu_ms, fd.DEIT_DW: dw_ms}.get(m, 1.0)
+    f = _by_id(fd.evaluate(_sweep(latency), "executorch"))["softmax_free_attention"]
+    assert f["reproduced"] is reproduced  # 9.9 vs 10.0 is within the 3% noise: not faster
+    assert f["measured"]["ratio"][fd.DEIT_DW] == pytest.approx(dw_ms / 10.0)
+    assert f"{fd.DEIT_DW} {dw_ms / 10.0:.2f}x" in fd.summary(f)
+
+
 def test_plan_covers_every_finding_and_roles_are_checked():
     cells = fd.plan()
     assert (fd.MOBILEVIT, 256) in cells and (fd.LEVIT, 224) in cells and (fd.SEPVIT, 224) in cells
+    assert {(m, 224) for m in fd.SOFTMAX_FREE} <= set(cells)
     assert {r for m, r in cells if m == fd.MOBILE_FORMER} == set(fd.MF_RESOLUTIONS) | set(fd.SWEEP_RESOLUTIONS)
     assert len(cells) == len(set(cells))
     with pytest.raises(ValueError, match="unknown role 'resnet50'"):
@@ -137,7 +150,8 @@ def test_whole_flow_on_tiny_models(tmp_path):
                          warmup=0, iterations=2, cooldown=0.0, out=tmp_path, plot=tmp_path / "f.png", repeats=2)
     found = result["findings"]
     assert [f["id"] for f in found] == ["mobile_former_vs_resolution", "mobilevit_vs_mobilenet",
-                                        "levit_vs_efficientnet", "latency_vs_resolution", "sepvit_tradeoff"]
+                                        "levit_vs_efficientnet", "latency_vs_resolution", "sepvit_tradeoff",
+                                        "softmax_free_attention"]
     assert all(isinstance(f["reproduced"], bool) and f["runtime"] == "torch" for f in found)
     cells = {(c["model"], c["resolution"]): c["stats"]["median_ms"] for c in result["bench"]["cells"]}
     assert set(cells) == set(fd.plan(TINY_ROLES, (96, 128), (128, 160)))

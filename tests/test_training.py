@@ -133,6 +133,24 @@ def test_resume_refuses_another_runs_checkpoint(float_weights, tmp_path):
               show_progress=False, log=lambda s: None)
 
 
+def test_a_diverging_run_stops_before_the_step_and_keeps_its_checkpoint(tmp_path, monkeypatch):
+    import mobilevits.workflows.training as training
+
+    real, calls = training.F.cross_entropy, []
+
+    def poisoned(*a, **kw):  # 2 batches an epoch: the 4th loss is epoch 2's second batch, made NaN
+        calls.append(1)
+        return real(*a, **kw) * (float("nan") if len(calls) == 4 else 1.0)
+
+    monkeypatch.setattr(training.F, "cross_entropy", poisoned)
+    with pytest.raises(training.DivergedError, match=r"train diverged at epoch 2, batch 2: the loss is not finite; "
+                                                     r"the last checkpoint .* 1 epochs done.*lower --lr"):
+        train(MODEL, resolution=RES, epochs=2, train_limit=64, batch_size=32, out=tmp_path, show_progress=False,
+              log=lambda s: None)
+    ck = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    assert ck["epoch"] == 1 and all(torch.isfinite(v).all() for v in ck["module"].values() if v.is_floating_point())
+
+
 @pytest.mark.slow
 def test_ddp_two_processes_keep_replicas_identical(tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")

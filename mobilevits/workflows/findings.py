@@ -22,12 +22,16 @@ MOBILEVIT = "mobilevit_xs"
 LEVIT = "levit_128s"
 EFFICIENTNET = "efficientnet_b0"
 SEPVIT = "sepvit_lite"
+DEIT = "deit_tiny"
+DEIT_RELU = "deit_tiny_relu_attention"
+DEIT_DW = "deit_tiny_dw_attention"
 
 MF_RESOLUTIONS = (96, 160, 224, 288, 384, 512)  # Mobile-Former vs MobileNetV3: small to detection-size inputs
 SWEEP_RESOLUTIONS = (160, 192, 224, 256, 288, 320)  # MobileViT's multi-scale sampler set plus 224
 SWEEP_MODELS = (MNV3, EFFICIENTNET, MOBILEVIT, MOBILE_FORMER, LEVIT, SEPVIT)
 ATTENTION_HEAVY = (MOBILEVIT, LEVIT, SEPVIT)  # Mobile-Former (6 tokens beside a CNN) is in neither group
 CONVOLUTIONAL = (MNV3, EFFICIENTNET)
+SOFTMAX_FREE = (DEIT, DEIT_RELU, DEIT_DW)  # DeiT-Ti and its softmax-free variants, at 224 only
 NOISE = 0.03  # a step down of at most 3% still counts as "grows" (timing noise)
 
 
@@ -43,11 +47,12 @@ def plan(roles: dict[str, str] | None = None, mf_resolutions: Sequence[int] = MF
     cells |= {(m[name], r) for name in SWEEP_MODELS for r in sweep_resolutions}
     cells |= {(m[MOBILEVIT], 256), (m[MNV3], 256), (m[LEVIT], 224), (m[EFFICIENTNET], 224), (m[SEPVIT], 224),
               (m[MNV3], 224)}
+    cells |= {(m[name], 224) for name in SOFTMAX_FREE}
     return sorted(cells)
 
 
 def _roles(roles: dict[str, str] | None) -> dict[str, str]:
-    out = {name: name for name in SWEEP_MODELS}
+    out = {name: name for name in SWEEP_MODELS + SOFTMAX_FREE}
     for k, v in (roles or {}).items():
         if k not in out:
             raise ValueError(f"unknown role {k!r}; roles are {', '.join(out)}")
@@ -228,6 +233,18 @@ def sepvit_tradeoff(lat: dict[tuple[str, int], float], roles: dict[str, str],
             "measured": measured, "reproduced": bool(verdicts) and all(verdicts)}
 
 
+def softmax_free(lat: dict[tuple[str, int], float], roles: dict[str, str]) -> dict[str, Any]:
+    base, variants = roles[DEIT], (roles[DEIT_RELU], roles[DEIT_DW])
+    a = lat.get((base, 224))
+    ratio = {v: (lat[(v, 224)] / a if a and (v, 224) in lat else None) for v in variants}
+    return {"id": "softmax_free_attention",
+            "claim": (f"Softmax-free attention buys speed: {' and '.join(variants)} are faster than {base} at 224 "
+                      "[Zhou, Loy & Dai 2023: softmax replaced by ReLU and LayerNorm; depth-wise attention is "
+                      "more efficient]"),
+            "measured": {"latency_ms": {m: lat.get((m, 224)) for m in (base, *variants)}, "ratio": ratio},
+            "reproduced": all(r is not None and r < 1.0 - NOISE for r in ratio.values())}
+
+
 # --------------------------------------------------------------------------------------------
 # the command
 # --------------------------------------------------------------------------------------------
@@ -246,7 +263,8 @@ def evaluate(result: dict[str, Any], runtime: str, roles: dict[str, str] | None 
              mobilevit_vs_mobilenet(lat, m),
              levit_vs_efficientnet(lat, m, threads),
              latency_vs_resolution(lat, m, sweep_resolutions),
-             sepvit_tradeoff(lat, m, top1)]
+             sepvit_tradeoff(lat, m, top1),
+             softmax_free(lat, m)]
     for f in found:
         f["runtime"] = runtime
     return found
@@ -379,6 +397,8 @@ def summary(f: dict[str, Any]) -> str:
                 f" vs convolutional {_num(m['mean_exponent_convolutional'])}")
     if f["id"] == "sepvit_tradeoff":
         return ", ".join(f"{k.removeprefix('ratio_vs_')} {_num(v)}x" for k, v in m.items() if k.startswith("ratio_vs_"))
+    if f["id"] == "softmax_free_attention":
+        return ", ".join(f"{k} {_num(v)}x" for k, v in m["ratio"].items()) + " of the softmax model's latency"
     return str(m)
 
 

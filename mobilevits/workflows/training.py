@@ -41,6 +41,10 @@ class OtherRunError(ValueError):
     """``resume`` found a checkpoint written by a run with other settings (model, data, recipe)."""
 
 
+class DivergedError(ValueError):
+    """The loss or the gradients stopped being finite; the step was not taken, the last checkpoint is kept."""
+
+
 @dataclass
 class Recipe:
     """Training hyper-parameters. The defaults train compact transformers on ``digits`` untuned."""
@@ -280,8 +284,16 @@ def fit(
                 loss = F.cross_entropy(logits, yb, label_smoothing=recipe.label_smoothing)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                if recipe.clip_grad:
-                    nn.utils.clip_grad_norm_(module.parameters(), recipe.clip_grad)
+                norm = nn.utils.clip_grad_norm_(module.parameters(), recipe.clip_grad or float("inf"))
+                if not (torch.isfinite(loss) and torch.isfinite(norm)):
+                    # stop before the step: one NaN update poisons every parameter (and QAT's observers)
+                    if bar is not None:
+                        bar.close()
+                    raise DivergedError(
+                        f"{kind} diverged at epoch {epoch + 1}, batch {bi + 1}: the "
+                        f"{'loss' if not torch.isfinite(loss) else 'gradient norm'} is not finite; the last "
+                        f"checkpoint ({ckpt_path}, {state.epoch} epochs done) is kept; try a lower --lr "
+                        f"(now {recipe.lr:g})")
                 opt.step()
                 sched.step()
                 state.batch = bi + 1
