@@ -221,19 +221,50 @@ def get_converter(name: str) -> Converter:
 def keep_float(quantizer: Any) -> Any:
     """Exclude modules whose internals must stay float from a PT2E quantizer; returns it.
 
-    LayerNorm's deploy formulation computes ``rsqrt(var + eps)``: quantised per tensor to int8, small
-    variances round to zero and the rsqrt becomes inf (seen in QAT of MobileViT). Left float, the ops
-    still run inside the XNNPACK delegate, with quantize/dequantize at the LayerNorm's boundaries.
+    ``mobilevits.layers.FLOAT_UNDER_INT8``: LayerNorm's deploy formulation computes ``rsqrt(var + eps)``, and
+    quantised per tensor to int8 small variances round to zero and the rsqrt becomes inf (seen in QAT of
+    MobileViT); ``PrefixTokens`` assembles a class token of a few hundredths with patch tokens of tens, which one
+    int8 scale rounds to zero (QAT of DeiT-style models then overflows in the first LayerNorm's backward). Left
+    float, the ops still run inside the XNNPACK delegate, with quantize/dequantize at the modules' boundaries.
     """
-    from mobilevits.layers import LayerNorm
+    from mobilevits.layers import FLOAT_UNDER_INT8
 
-    quantizer.set_module_type(LayerNorm, None)
-    if type(quantizer).__module__.startswith("litert_torch"):
-        # litert-torch 0.10 matches module types with `tp in types` over nn_module_stack, where
-        # torch.export records qualified-name strings, so the class alone never matches and LayerNorm
-        # was quantised anyway (QAT then broke: 9 int8 ADDs outside XNNPACK, 9 dB). Give the name too.
-        quantizer.set_module_type(f"{LayerNorm.__module__}.{LayerNorm.__qualname__}", None)
+    litert = type(quantizer).__module__.startswith("litert_torch")
+    for cls in FLOAT_UNDER_INT8:
+        quantizer.set_module_type(cls, None)
+        if litert:
+            # litert-torch 0.10 matches module types with `tp in types` over nn_module_stack, where
+            # torch.export records qualified-name strings, so the class alone never matches and LayerNorm
+            # was quantised anyway (QAT then broke: 9 int8 ADDs outside XNNPACK, 9 dB). Give the name too.
+            quantizer.set_module_type(f"{cls.__module__}.{cls.__qualname__}", None)
+    if type(quantizer).__name__ == "XNNPACKQuantizer":
+        _guard_float_modules(quantizer)
     return quantizer
+
+
+def _guard_float_modules(quantizer: Any) -> None:
+    """Make the modules an XNNPACKQuantizer leaves in float (type or name set to None) really float.
+
+    ExecuTorch 1.5.1's XNNPACKQuantizer annotates every ``cat`` whatever module it sits in (its cat annotator
+    never calls the module filter), so a float module's cat was quantised anyway: ``PrefixTokens``' cat of a class
+    token with patch tokens rounds the class token to zero. Before the quantizer runs, the ops of those modules
+    are marked annotated with no quantisation, which every annotator (and its propagation to view-like ops) skips.
+    """
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import _get_not_module_type_or_name_filter
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+
+    annotate = quantizer.annotate
+
+    def guarded(model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+        types = [t for t, c in quantizer.module_type_config.items() if c is None]
+        names = [n for n, c in quantizer.module_name_config.items() if c is None]
+        outside = _get_not_module_type_or_name_filter(types, names)
+        for node in model.graph.nodes:
+            if node.op == "call_function" and not outside(node):
+                node.meta.setdefault("quantization_annotation", QuantizationAnnotation(_annotated=True))
+        return annotate(model)
+
+    quantizer.annotate = guarded
 
 
 def keep_float_modules(quantizer: Any, model: torch.nn.Module, patterns: list[str]) -> list[str]:

@@ -35,6 +35,8 @@ __all__ = [
     "DropPath",
     "Dropout",
     "LayerNorm",
+    "PrefixTokens",
+    "FLOAT_UNDER_INT8",
     "Mlp",
     "Attention",
     "fuse_conv_bn",
@@ -429,6 +431,43 @@ def set_layernorm_mean(model: nn.Module, mean_op: str) -> nn.Module:
     if mean_op not in LayerNorm.forms:
         raise ValueError(f"unknown LayerNorm mean_op {mean_op!r}; choose 'mean' or 'linear'")
     return set_deploy_forms(model, layernorm_mean=mean_op)
+
+
+class PrefixTokens(nn.Module):
+    """Learned tokens (class, distillation), each (1, 1, C), put in front of the patch tokens, then an optional
+    position embedding: (B, N, C) -> (B, P + N, C). No parameters of its own: the model keeps its ``cls_token``
+    and ``pos_embed`` (checkpoint keys unchanged) and passes them in.
+
+    Written as ``cat([zeros, x]) + table``: P zero rows (a step-1 slice of the patch tokens times a float zero:
+    no ``expand``, which XNNPACK does not take) in front of the patch tokens, plus a (1, P + N, C) table of the
+    tokens over N zero rows (and the position embedding), broadcast over the batch; equal to
+    ``cat([token, x]) + pos``. The tokens never meet the patch tokens in a ``cat``: int8 converters give a cat's
+    inputs one scale, and LiteRT's moves the dequantize behind a float cat (zero rows survive that exactly). The
+    table is one pad per token: XNNPACK takes a pad of constants, not a cat of them, and no pad of a dequantised
+    tensor (its int8 program then fails to load).
+
+    Its ops stay float under int8 (:data:`FLOAT_UNDER_INT8`). The class token is a few hundredths where trained
+    patch embeddings reach tens, so one per-tensor int8 scale for the assembled tokens rounds the class token to
+    zero (measured: 0.14 int8 steps of spread in a digits-trained DeiT-Ti); the first LayerNorm then divides
+    rounding noise by a spread near zero, and QAT's gradients through it reach 1e5-1e27. Float here, the first
+    LayerNorm sees the true token; the first residual add quantises it again, next to the attention's output.
+    """
+
+    def forward(self, x: torch.Tensor, tokens: list[torch.Tensor], pos: torch.Tensor | None = None) -> torch.Tensor:
+        prefix, n = len(tokens), x.shape[1]
+        # (1, P + N, C): token i in row i, zero rows elsewhere
+        pads = [F.pad(t, (0, 0, i, prefix - 1 - i + n)) for i, t in enumerate(tokens)]
+        table = pads[0]
+        for pad in pads[1:]:  # not sum(): its int 0 start exports as a cast outside XNNPACK
+            table = table + pad
+        if pos is not None:
+            table = table + pos
+        return torch.cat([x[:, :prefix] * 0.0, x], dim=1) + table  # (B, N, C) -> (B, P + N, C)
+
+
+# Modules whose ops PT2E quantizers leave in float (converters.keep_float): LayerNorm's rsqrt(var + eps) and the
+# token assembly above lose everything to a per-tensor int8 scale.
+FLOAT_UNDER_INT8: tuple[type[nn.Module], ...] = (LayerNorm, PrefixTokens)
 
 
 class Mlp(nn.Module):

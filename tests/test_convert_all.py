@@ -115,3 +115,28 @@ def test_int8_table_shows_the_rule_that_decided(convert_all):
     assert lines[2] == "| m | tflite int8 | margin | 27.0 | 19.5 | +7.5 | 97.5% | 359 | pass |"
     assert lines[3].endswith("| sqnr | 12.0 | 38.0 | -26.0 | 100.0% | 16 | FAIL |")
     assert convert_all.int8_table(rows[2:]) == []
+
+
+def test_failed_int8_cell_shows_its_per_op_check(convert_all, tmp_path, monkeypatch):
+    """An int8 cell that fails end to end is checked op by op; the table says whether every op was within one
+    int8 step (a faithful program) or names a divergence."""
+    calls = []
+
+    def fake_check(artifact, **kw):
+        calls.append(kw)
+        status = ["ok"] * 5 + (["diverged"] if "bad" in str(artifact) else [])
+        return {"layers": [{"status": s} for s in status], "layers_runtime_identical": True,
+                "first_divergence": None if "bad" not in str(artifact) else {"op": "conv"}}
+
+    monkeypatch.setattr(convert_all, "check_artifact", fake_check)
+    good, bad = convert_all.per_op_check("good.pte"), convert_all.per_op_check("bad.pte")
+    assert calls[0]["layers"] and calls[0]["limit"] == 1
+    assert (good["within"], good["compared"]) == (5, 5) and (bad["within"], bad["compared"]) == (5, 6)
+    base = {"model": "m", "backend": "executorch", "precision": "int8", "resolution": 224, "convert_s": 3.0,
+            "size_mb": 1.5, "delegation": {"fraction": 1.0, "not_delegated_ops": {}},
+            "check": {"sqnr_db": 27.0, "threshold_db": 30.0, "passed": False}}
+    rows = convert_all.conversion_table([{**base, "per_op": good}, {**base, "model": "n", "per_op": bad},
+                                         {**base, "model": "o", "per_op": {"error": "Boom: x"}}])
+    assert rows[2].endswith("| FAIL (per-op: 5/5 within one int8 step) |")
+    assert rows[3].endswith("| FAIL (per-op: 5/6 within one int8 step, DIVERGED) |")
+    assert rows[4].endswith("| FAIL (per-op check failed: Boom: x) |")

@@ -55,3 +55,20 @@ def test_executorch_converter_picks_the_linear_means():
 def test_hardsigmoid_matches_torch():
     x = torch.linspace(-5, 5, 101)
     torch.testing.assert_close(HardSigmoid()(x), F.hardsigmoid(x))
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_prefix_tokens_equal_a_plain_concatenation(count):
+    from mobilevits.layers import PrefixTokens
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 8)
+    tokens = [torch.randn(1, 1, 8, requires_grad=True) for _ in range(count)]
+    pos = torch.randn(1, count + 5, 8)
+    out = PrefixTokens()(x, tokens, pos)
+    plain = torch.cat([*(t.expand(3, 1, 8) for t in tokens), x], dim=1)
+    assert out.shape == (3, count + 5, 8)
+    assert torch.equal(out, plain + pos)
+    assert torch.equal(PrefixTokens()(x, tokens), plain)
+    out.sum().backward()  # every batch row's token is the parameter: its gradient is the batch size
+    assert all(torch.equal(t.grad, torch.full((1, 1, 8), 3.0)) for t in tokens)

@@ -20,7 +20,7 @@ Deployment choices (see ``layers.py``):
   content softmax, a multiply and an add. Both attentions' rows sum to one, so the renormalisation divides by
   1 up to rounding; the fused form leaves it out (a division has no int8 kernel in XNNPACK). Tested against
   timm's output within 1e-4 (fused and unfused);
-* the class token joins as in DeiT (``x[:, :1] * 0.0 + token``, no ``expand``); q, k, v are separate linears
+* the class token joins as in DeiT (:class:`layers.PrefixTokens`, float under int8); q, k, v are separate linears
   (timm's fused ``qk`` / ``qkv`` are split on load).
 """
 
@@ -40,6 +40,7 @@ from ..layers import (
     DropPath,
     LayerNorm,
     Mlp,
+    PrefixTokens,
     init_weights_trunc_normal,
     resize_pos_embed_on_load,
     split_qkv,
@@ -189,6 +190,7 @@ class ConViT(ImageClassifier):
         self.patch_embed = nn.Conv2d(3, c, cfg.patch_size, stride=cfg.patch_size)  # (B, C, R/16, R/16)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.grid ** 2, c))
+        self.prefix = PrefixTokens()
         self.pos_drop = Dropout(cfg.drop_rate)
         rates = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
         self.blocks = nn.ModuleList([Block(c, cfg.num_heads, cfg, self.grid, i < cfg.local_layers, r)
@@ -208,7 +210,7 @@ class ConViT(ImageClassifier):
         x = self.pos_drop(x + self.pos_embed)
         for i, block in enumerate(self.blocks):
             if i == self.cfg.local_layers:  # the class token joins: (B, 1 + N, C)
-                x = torch.cat([x[:, :1] * 0.0 + self.cls_token, x], dim=1)
+                x = self.prefix(x, [self.cls_token])
             x = block(x)
         return self.norm(x)
 

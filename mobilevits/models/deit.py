@@ -11,9 +11,8 @@ ICML 2021, https://arxiv.org/abs/2012.12877 (Table 1: the three sizes; Section 4
 
 Deployment choices (see ``layers.py``):
 
-* the prefix tokens get their batch dimension from a broadcasting add onto a step-1 slice of the patch
-  tokens times a float zero (``x[:, :1] * 0.0 + token``) instead of ``expand``, which XNNPACK does not take
-  (an int zero would export as a cast outside XNNPACK); exact for finite inputs;
+* the prefix tokens join in :class:`layers.PrefixTokens` (no ``expand``, which XNNPACK does not take; float
+  under int8, where one per-tensor scale would round the class token to zero next to the patch tokens);
 * attention is :class:`layers.Attention` (separate q, k, v; 3-D ``bmm``); checkpoints with a fused ``qkv``
   (timm's and the official repository's, which is built on timm) are split on load;
 * the tokens are taken with step-1 slices, never ``select``.
@@ -37,6 +36,7 @@ from ..layers import (
     DropPath,
     LayerNorm,
     Mlp,
+    PrefixTokens,
     init_weights_trunc_normal,
     resize_pos_embed_on_load,
     split_qkv,
@@ -239,6 +239,7 @@ class DeiT(ImageClassifier):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c))
         self.dist_token = nn.Parameter(torch.zeros(1, 1, c)) if cfg.distilled else None
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix + self.grid ** 2, c))
+        self.prefix = PrefixTokens()
         self.pos_drop = Dropout(cfg.drop_rate)
         rates = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
         self.blocks = nn.Sequential(*[Block(c, cfg.num_heads, cfg.mlp_ratio, cfg.drop_rate, r, cfg.attention,
@@ -258,9 +259,8 @@ class DeiT(ImageClassifier):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, N, C), N = (R/16)^2
-        zero = x[:, :1] * 0.0  # (B, 1, C): gives the prefix tokens their batch dimension without expand
-        tokens = [zero + self.cls_token] + ([zero + self.dist_token] if self.dist_token is not None else [])
-        x = torch.cat([*tokens, x], dim=1) + self.pos_embed  # (B, prefix + N, C)
+        tokens = [self.cls_token] + ([self.dist_token] if self.dist_token is not None else [])
+        x = self.prefix(x, tokens, self.pos_embed)  # (B, prefix + N, C)
         return self.norm(self.blocks(self.pos_drop(x)))
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:

@@ -19,7 +19,7 @@ Deployment choices (see ``layers.py``):
 * patches are cut by reshape and permute with every tensor at rank 5 or less (Core ML's limit), not by
   ``nn.Unfold`` (``im2col``, which XNNPACK does not take); the convolution then runs on the B*N patches as a
   batch;
-* the class token joins as in DeiT (``x[:, :1] * 0.0 + token``, no ``expand``); the inner and outer attention
+* the class token joins as in DeiT (:class:`layers.PrefixTokens`, float under int8); the inner and outer attention
   are :class:`layers.Attention` (timm's fused ``qk`` is split on load); the pixel tokens' sum into the patch
   tokens concatenates the class token's row back with a step-1 slice.
 """
@@ -39,6 +39,7 @@ from ..layers import (
     DropPath,
     LayerNorm,
     Mlp,
+    PrefixTokens,
     init_weights_trunc_normal,
     resize_pos_embed_on_load,
     split_qkv,
@@ -127,6 +128,7 @@ class TNT(ImageClassifier):
         self.norm2_proj = LayerNorm(d)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid ** 2, d))  # timm: patch_pos
+        self.prefix = PrefixTokens()
         self.pos_drop = Dropout(cfg.drop_rate)
         rates = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
         self.blocks = nn.ModuleList([Block(cfg, num_pixel, r) for r in rates])
@@ -150,7 +152,7 @@ class TNT(ImageClassifier):
         pixels = self.pixel_embed(self._patches(x)) + self.pixel_pos  # (B*N, c, 4, 4)
         pixels = pixels.flatten(2).transpose(1, 2)  # (B*N, P, c)
         patches = self.norm2_proj(self.proj(self.norm1_proj(pixels.reshape(B, self.grid ** 2, -1))))  # (B, N, d)
-        patches = torch.cat([patches[:, :1] * 0.0 + self.cls_token, patches], dim=1) + self.pos_embed
+        patches = self.prefix(patches, [self.cls_token], self.pos_embed)  # (B, 1 + N, d)
         patches = self.pos_drop(patches)
         for block in self.blocks:
             pixels, patches = block(pixels, patches)
