@@ -170,14 +170,16 @@ def main() -> int:
         args.skip_latency = args.skip_qat = True
     else:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-        doc.update(environment=host_environment(), date=time.strftime("%Y-%m-%d"), commit=commit.stdout.strip())
+        doc.update(environment=host_environment())
+        # each part records when and at which commit it ran: --skip-* runs keep the other part's results
+        stamp = {"date": time.strftime("%Y-%m-%d"), "commit": commit.stdout.strip()}
     if not args.skip_latency:
-        doc["latency"] = {"rounds": args.rounds, "iterations": args.iterations,
+        doc["latency"] = {"rounds": args.rounds, "iterations": args.iterations, **stamp,
                           "rows": latency(models, args.rounds, args.iterations, args.out / "latency")}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(args.json, json.dumps(doc, indent=1, default=str) + "\n")
     if not args.skip_qat:
-        doc["qat"] = {"float_epochs": args.float_epochs, "epochs": args.epochs,
+        doc["qat"] = {"float_epochs": args.float_epochs, "epochs": args.epochs, **stamp,
                       "results": ledger(models, args.float_epochs, args.epochs, args.out / "qat")}
         atomic_write_text(args.json, json.dumps(doc, indent=1, default=str) + "\n")
     if "latency" in doc:
@@ -189,7 +191,9 @@ def main() -> int:
         for r in doc["qat"]["results"]:
             if "error" in r:
                 print(f"\n{r['model']} (float top-1 {100 * r['float_top1']:.1f}%): {r['error']}")
-    print(f"\n{doc['date']}, git {doc['commit']}")
+    for part in ("latency", "qat"):
+        if part in doc:
+            print(f"\n{part}: {doc[part]['date']}, git {doc[part]['commit']}")
     return 0
 
 
