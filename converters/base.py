@@ -246,9 +246,10 @@ def _guard_float_modules(quantizer: Any) -> None:
     """Make the modules an XNNPACKQuantizer leaves in float (type or name set to None) really float.
 
     ExecuTorch 1.5.1's XNNPACKQuantizer annotates every ``cat`` whatever module it sits in (its cat annotator
-    never calls the module filter), so a float module's cat was quantised anyway: ``PrefixTokens``' cat of a class
-    token with patch tokens rounds the class token to zero. Before the quantizer runs, the ops of those modules
-    are marked annotated with no quantisation, which every annotator (and its propagation to view-like ops) skips.
+    never calls the module filter), so a float module's cat was quantised anyway (``PrefixTokens`` first lost its
+    class token in such a cat; its cat now joins only zero rows, still kept float). Before the quantizer runs,
+    the ops of those modules are marked annotated with no quantisation, which every annotator (and its
+    propagation to view-like ops) skips.
     """
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import _get_not_module_type_or_name_filter
     from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
