@@ -47,6 +47,8 @@ DEFAULT_PATHS = "executorch:fp32,executorch:int8,tflite:fp32,tflite:int8,coreml:
 TIMED = ("executorch", "tflite")  # runtimes that run on this host
 PER_OP = ("executorch", "tflite")  # int8 runtimes whose per-op check judges (Core ML's only names)
 BEGIN, END = "<!-- convert_all:begin -->", "<!-- convert_all:end -->"
+# latency rows saved before each row named its host (cpu_isa): their run's host is known only by its CPU's name
+UNRECORDED_HOST = "not recorded per row (timed before cpu_isa was recorded; see the text above the table)"
 NOISY_CV = 0.15  # a timed cell this variable was disturbed (see latency_table)
 
 
@@ -155,6 +157,7 @@ def main() -> int:
         if old.get("environment", {}).get("tool_versions") == tool_versions():
             data["conversions"] = [r for r in old.get("conversions", []) if "error" not in r]
             data["latency"] = old.get("latency")
+            data["latency_settings"] = old.get("latency_settings")
         else:
             print("tool versions changed since the saved run: starting over", file=sys.stderr)
     selected = {(m, b, p) for m in models for b, p in paths}
@@ -197,14 +200,28 @@ def main() -> int:
                   log=lambda s: print(s, file=sys.stderr, flush=True))
         res = bench(artifacts=[r["artifact"] for r in rows if "artifact" in r], **kw)
         eager = bench(models=models, runtime="torch", **kw)
-        data["latency"] = [{**{k: c.get(k) for k in ("model", "resolution", "runtime", "precision", "threads")},
-                            **{k: c["stats"].get(k) for k in ("median_ms", "p10_ms", "p90_ms", "cv")}}
-                           for c in res["cells"] + eager["cells"]]
+        host = host_tag(data["environment"])
+        fresh = [{**{k: c.get(k) for k in ("model", "resolution", "runtime", "precision", "threads")},
+                  **{k: c["stats"].get(k) for k in ("median_ms", "p10_ms", "p90_ms", "cv")}, "host": host,
+                  "warmup": args.warmup, "iterations": args.iterations}
+                 for c in res["cells"] + eager["cells"]]
+        # every cell of a timed model is replaced together (ratios only mean something within one run and
+        # one host); the other models keep their rows, each naming the host it was timed on
+        timed = {c["model"] for c in fresh}
+        data["latency"] = [c for c in data["latency"] or [] if c["model"] not in timed] + fresh
         data["latency_settings"] = res["settings"]
         _save(raw, data)
     write_markdown(data, Path(args.markdown), " ".join(sys.argv[1:]))
     print(f"wrote {args.markdown} and {raw}", file=sys.stderr)
     return 0
+
+
+def host_tag(env: dict[str, Any]) -> str:
+    """The host a latency cell was timed on: CPU name, family/model, int8-relevant ISA, date and commit."""
+    isa = "+".join(env.get("cpu_isa") or []) or "ISA not recorded"
+    ident = f"{env.get('cpu_id')}; " if env.get("cpu_id") else ""
+    return (f"{env.get('cpu')} ({ident}{isa}), {env.get('cpu_count')} cores, {time.strftime('%Y-%m-%d')}, "
+            f"git {str(env.get('git_commit'))[:7]}")
 
 
 def _fmt(v: float | None, digits: int = 1) -> str:
@@ -279,16 +296,25 @@ def latency_table(cells: list[dict[str, Any]], threads: list[int]) -> list[str]:
     cols = [("torch", "fp32", "eager"), ("executorch", "fp32", "ET fp32"), ("executorch", "int8", "ET int8"),
             ("tflite", "fp32", "LiteRT fp32"), ("tflite", "int8", "LiteRT int8")]
     head = ("| model | res | " + " | ".join(f"{n} @{t}t" for _, _, n in cols for t in threads)
-            + " | ET/LiteRT fp32 @1t (median; p10) | ET int8/fp32 @1t (median; p10) |")
+            + " | ET/LiteRT fp32 @1t (median; p10) | ET int8/fp32 @1t (median; p10) | host |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     res = {c["model"]: c["resolution"] for c in cells}
+    hosts: dict[str, str] = {}  # host tag -> letter, in order of first appearance
+    for c in sorted(cells, key=lambda c: c["model"]):
+        hosts.setdefault(c.get("host") or UNRECORDED_HOST, chr(ord("A") + len(hosts)))
     for m in sorted(res):
         vals = [shown(m, rt, p, t) for rt, p, _ in cols for t in threads]
         et_lt = (f"{ratio(ms(m, 'executorch', 'fp32', 1), ms(m, 'tflite', 'fp32', 1))}; "
                  f"{ratio(ms(m, 'executorch', 'fp32', 1, 'p10_ms'), ms(m, 'tflite', 'fp32', 1, 'p10_ms'))}")
         q = (f"{ratio(ms(m, 'executorch', 'int8', 1), ms(m, 'executorch', 'fp32', 1))}; "
              f"{ratio(ms(m, 'executorch', 'int8', 1, 'p10_ms'), ms(m, 'executorch', 'fp32', 1, 'p10_ms'))}")
-        lines.append(f"| {m} | {res[m]} | " + " | ".join(vals) + f" | {et_lt} | {q} |")
+        tags = sorted({hosts[c.get("host") or UNRECORDED_HOST] for c in cells if c["model"] == m})
+        lines.append(f"| {m} | {res[m]} | " + " | ".join(vals) + f" | {et_lt} | {q} | {','.join(tags)} |")
+    runs = {}  # host tag -> the warm-up and timed runs its cells recorded
+    for c in cells:
+        if c.get("iterations"):
+            runs[c.get("host") or UNRECORDED_HOST] = f" (warm-up {c.get('warmup')}, {c['iterations']} timed runs)"
+    lines += [""] + [f"- host {letter}: {tag}{runs.get(tag, '')}" for tag, letter in hosts.items()]
     return lines
 
 
@@ -317,10 +343,14 @@ def write_markdown(data: dict[str, Any], path: Path, argv: str) -> None:
                       "ML W8A8 numerics from the NumPy MIL executor.", ""]
         lines += int8
     if data.get("latency"):
-        s = data.get("latency_settings", {})
+        s = data.get("latency_settings") or {}
         threads = s.get("threads") or [1]
-        lines += ["", f"Latency, median ms on this host (warm-up {s.get('warmup')}, {s.get('iterations')} timed "
-                      "runs per cell, cells in shuffled order with a cool-down; single image; `*`: CV above "
+        threads = sorted({c["threads"] for c in data["latency"]}) or threads
+        runs = ("warm-up and timed runs per cell in the legend" if all(c.get("iterations") for c in data["latency"])
+                else f"warm-up {s.get('warmup')}, {s.get('iterations')} timed runs per cell unless the legend says "
+                     "otherwise")
+        lines += ["", "Latency, median ms on the host named in the last column (legend below the table; "
+                      f"{runs}; cells in shuffled order with a cool-down; single image; `*`: CV above "
                       f"{NOISY_CV:g}, a disturbed cell):", ""]
         lines += latency_table(data["latency"], threads)
     lines += ["", END]

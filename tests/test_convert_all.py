@@ -26,12 +26,14 @@ def _cell(model, runtime, precision, threads, median, p10, cv=0.02):
 def test_latency_table_ratios_and_disturbed_cells(convert_all):
     cells = [_cell("m", "executorch", "fp32", 1, 30.0, 12.0, cv=0.3), _cell("m", "tflite", "fp32", 1, 10.0, 10.0),
              _cell("m", "executorch", "int8", 1, 15.0, 6.0), _cell("m", "torch", "fp32", 1, 50.0, 49.0)]
-    head, _, row = convert_all.latency_table(cells, [1])
+    head, _, row, _, legend = convert_all.latency_table(cells, [1])
+    assert legend == f"- host A: {convert_all.UNRECORDED_HOST}"
     assert head.count("|") == row.count("|")
     cols = [c.strip() for c in row.strip("|").split("|")]
     assert cols[:4] == ["m", "224", "50.0", "30.0*"]  # eager, then the disturbed ExecuTorch cell starred
-    assert cols[-2] == "3.00; 1.20"  # ET/LiteRT by medians, then by 10th percentiles
-    assert cols[-1] == "0.50; 0.50"  # ET int8/fp32
+    assert cols[-3] == "3.00; 1.20"  # ET/LiteRT by medians, then by 10th percentiles
+    assert cols[-2] == "0.50; 0.50"  # ET int8/fp32
+    assert cols[-1] == "A"  # cells saved without a host share the "not recorded" legend entry
     assert cols[cols.index("15.0") + 1] == "10.0" and "-" in cols  # LiteRT fp32 shown; LiteRT int8 missing
 
 
@@ -140,3 +142,53 @@ def test_failed_int8_cell_shows_its_per_op_check(convert_all, tmp_path, monkeypa
     assert rows[2].endswith("| FAIL (per-op: 5/5 within one int8 step) |")
     assert rows[3].endswith("| FAIL (per-op: 5/6 within one int8 step, DIVERGED) |")
     assert rows[4].endswith("| FAIL (per-op check failed: Boom: x) |")
+
+
+def test_timing_some_models_keeps_the_others_and_names_the_host(convert_all, tmp_path, monkeypatch):
+    import json
+    import sys
+
+    raw, md = tmp_path / "r.json", tmp_path / "B.md"
+    row = {"resolution": 224, "convert_s": 1.0, "size_mb": 1.0, "artifact": str(tmp_path / "x"),
+           "delegation": {"fraction": 1.0, "not_delegated_ops": {}, "delegated": 1},
+           "check": {"sqnr_db": 70.0, "threshold_db": 60.0, "passed": True}}
+    (tmp_path / "x").write_bytes(b"")
+    saved = [{"model": m, "backend": "executorch", "precision": "fp32", **row} for m in ("mobilevit_xxs", "levit_128s")]
+    old = [{**_cell(m, "executorch", "fp32", 1, 10.0, 9.0), "host": "old host"}
+           for m in ("mobilevit_xxs", "levit_128s")]
+    raw.write_text(json.dumps({"environment": convert_all.host_environment(), "conversions": saved, "latency": old}))
+
+    def fake_bench(artifacts=None, models=None, runtime=None, **kw):
+        runtimes = ["torch"] if runtime == "torch" else ["executorch"]
+        cells = [{"model": "mobilevit_xxs", "resolution": 224, "runtime": rt, "precision": "fp32", "threads": 1,
+                  "stats": {"median_ms": 5.0, "p10_ms": 4.0, "p90_ms": 6.0, "cv": 0.01}} for rt in runtimes]
+        return {"cells": cells, "settings": {"threads": [1], "warmup": 1, "iterations": 2}}
+
+    monkeypatch.setattr(convert_all, "bench", fake_bench)
+    monkeypatch.setattr(convert_all, "host_environment", lambda: {"cpu": "CPU X", "cpu_id": "family 1 model 2",
+                                                                 "cpu_isa": ["avx2", "avx512_vnni"], "cpu_count": 2,
+                                                                 "git_commit": "abcdef0", "tool_versions":
+                                                                 convert_all.tool_versions()})
+    monkeypatch.setattr(sys, "argv", ["convert_all.py", "--resume", "--models", "mobilevit_xxs", "--paths",
+                                      "executorch:fp32", "--results", str(raw), "--markdown", str(md),
+                                      "--out", str(tmp_path / "art")])
+    assert convert_all.main() == 0
+    cells = {(c["model"], c["runtime"]): c for c in json.loads(raw.read_text())["latency"]}
+    assert set(cells) == {("levit_128s", "executorch"), ("mobilevit_xxs", "executorch"), ("mobilevit_xxs", "torch")}
+    assert cells[("levit_128s", "executorch")]["host"] == "old host"  # another model's timing is kept
+    new = cells[("mobilevit_xxs", "executorch")]
+    assert new["median_ms"] == 5.0 and new["host"].startswith("CPU X (family 1 model 2; avx2+avx512_vnni), 2 cores")
+    text = md.read_text()
+    assert "- host A: old host" in text and "- host B: CPU X (family 1 model 2; avx2+avx512_vnni)" in text
+    assert "| levit_128s | 224 |" in text and text.split("| levit_128s | 224 |")[1].split("\n")[0].endswith("| A |")
+
+
+def test_cpu_isa_reads_x86_flags_and_arm_features():
+    from mobilevits.workflows.bench import cpu_isa
+
+    x86 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse avx2 fma avx512f avx512_vnni\n"
+    assert cpu_isa(x86) == ["avx2", "fma", "avx512f", "avx512_vnni"]
+    assert cpu_isa("flags : fpu sse avx2 fma\n") == ["avx2", "fma"]  # no VNNI: int8 GEMMs at about fp32 speed
+    arm = "processor\t: 0\nFeatures\t: fp asimd evtstrm aes asimddp i8mm\nCPU part\t: 0xd0b\n"
+    assert cpu_isa(arm) == ["asimd", "asimddp", "i8mm"]
+    assert cpu_isa("nothing here") == []

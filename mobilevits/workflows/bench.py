@@ -283,16 +283,43 @@ def _parse_device(device: str) -> tuple[str, str | None]:
     return kind, ident or None
 
 
+# Instruction-set extensions that pick XNNPACK's and LiteRT's kernels; the CPU's name does not. On two hosts both
+# called "AMD EPYC", DeiT's ExecuTorch int8 programs ran at 0.45x of fp32 (DeiT-Ti) and at 0.96x (DeiT-S, on a
+# Zen 3 with AVX2 and no VNNI): int8 GEMMs outrun fp32 FMA by a wide margin only with int8 dot-product
+# instructions (x86 VNNI, ARM dotprod / i8mm), so a latency row means little without them recorded.
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8",  # x86 /proc/cpuinfo
+             "asimd", "asimddp", "i8mm", "sve", "sme")  # ARM (Linux names of dotprod and friends)
+
+
+def cpu_isa(cpuinfo: str) -> list[str]:
+    """The :data:`ISA_FLAGS` a ``/proc/cpuinfo`` text lists (its first ``flags`` / ``Features`` line)."""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            have = set(value.split())
+            return [f for f in ISA_FLAGS if f in have]
+    return []
+
+
 def host_environment() -> dict[str, Any]:
-    """This machine: OS, CPU, cores, load, git commit and the tool versions."""
+    """This machine: OS, CPU (name, family/model, the ISA extensions that pick int8 kernels), cores, load,
+    git commit and the tool versions."""
     from converters import tool_versions
 
     cpu = platform.processor() or platform.machine()
+    cpu_id, isa = None, []
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        text = Path("/proc/cpuinfo").read_text()
+        fields = {}
+        for line in text.splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+        cpu = fields.get("model name") or cpu
+        if "cpu family" in fields:  # x86: family 25 model 1 (Zen 3) and 17 (Zen 4) are both "AMD EPYC"
+            cpu_id = f"family {fields['cpu family']} model {fields.get('model')}"
+        elif "CPU part" in fields:  # ARM: the implementer's part number names the core
+            cpu_id = f"implementer {fields.get('CPU implementer')} part {fields['CPU part']}"
+        isa = cpu_isa(text)
     except OSError:
         pass
     try:
@@ -300,8 +327,9 @@ def host_environment() -> dict[str, Any]:
                                 cwd=Path(__file__).resolve().parents[2]).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         commit = None
-    return {"os": platform.platform(), "python": platform.python_version(), "cpu": cpu,
-            "cpu_count": os.cpu_count(), "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    return {"os": platform.platform(), "python": platform.python_version(), "cpu": cpu, "cpu_id": cpu_id,
+            "cpu_isa": isa, "cpu_count": os.cpu_count(),
+            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
             "git_commit": commit, "tool_versions": tool_versions()}
 
 
