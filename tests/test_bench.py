@@ -352,3 +352,18 @@ def test_host_smoke(tmp_path, capsys):
     assert main(["bench", tfl, "--iterations", "2", "--cooldown", "0"]) == 0
     assert "tflite" in capsys.readouterr().out
     assert main(["bench", tfl, "--device", "ios", "--cooldown", "0"]) != 0 or sys.platform == "darwin"
+
+
+def test_host_table_names_the_isa_and_warns_int8_without_dot_product():
+    def result(isa, precision):
+        cell = {"model": "m", "resolution": 96, "runtime": "executorch", "precision": precision, "threads": 1,
+                "stats": {"median_ms": 2.0, "p90_ms": 2.5, "cv": 0.01}}
+        return {"environment": {"cpu": "AMD EPYC", "cpu_isa": isa}, "device": {"kind": "host"}, "cells": [cell],
+                "settings": {"warmup": 1, "iterations": 2, "seed": 0}}
+
+    text = format_table(result(["avx2", "fma"], "int8"))
+    assert text.startswith("host AMD EPYC (avx2+fma);") and "no int8 dot-product instructions" in text
+    assert "dot-product" not in format_table(result(["avx2", "fma", "avx512_vnni"], "int8"))
+    assert "dot-product" not in format_table(result(["avx2", "fma"], "fp32"))  # nothing to say about fp32
+    assert "dot-product" not in format_table(result(["asimd", "asimddp"], "int8"))
+    assert "dot-product" not in format_table(result([], "int8"))  # unknown ISA: no claim

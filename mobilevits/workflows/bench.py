@@ -291,6 +291,14 @@ ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16",
              "asimd", "asimddp", "i8mm", "sve", "sme")  # ARM (Linux names of dotprod and friends)
 
 
+INT8_DOT_PRODUCT = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
+
+
+def lacks_int8_dot_product(isa: Sequence[str] | None) -> bool:
+    """True when a known ISA list has no int8 dot-product extension (unknown: False, nothing to say)."""
+    return bool(isa) and not any(f in INT8_DOT_PRODUCT for f in isa)
+
+
 def cpu_isa(cpuinfo: str) -> list[str]:
     """The :data:`ISA_FLAGS` a ``/proc/cpuinfo`` text lists (its first ``flags`` / ``Features`` line)."""
     for line in cpuinfo.splitlines():
@@ -709,8 +717,12 @@ def format_table(result: dict[str, Any]) -> str:
     buf = io.StringIO()
     env = result["environment"]
     dev = result.get("device") or {}
+    note = ""
     if dev.get("kind") in (None, "host"):
-        where = "host " + str(env.get("cpu"))
+        where = "host " + str(env.get("cpu")) + (f" ({'+'.join(env['cpu_isa'])})" if env.get("cpu_isa") else "")
+        if lacks_int8_dot_product(env.get("cpu_isa")) and any(r["precision"] == "int8" for r in result["cells"]):
+            note = ("note: this CPU has no int8 dot-product instructions (VNNI), so int8 runs at about fp32 speed "
+                    "here; phones with Armv8.2 dot product (Cortex-A55, A76 and later) differ\n")
     elif dev.get("kind") in MACHINES:  # emulated times are an emulator's cost, never a phone's
         where = (f"EMULATED {dev['kind']} CPU {dev.get('cpu')} ({dev.get('emulator')}): not device times"
                  if dev.get("emulated") else f"{dev.get('host')} ({dev.get('arch')}, {dev.get('cpu')})")
@@ -718,6 +730,7 @@ def format_table(result: dict[str, Any]) -> str:
         where = f"{dev.get('model')} ({dev.get('os')} {dev.get('os_version')}, {dev.get('soc') or 'SoC n/a'})"
     buf.write(f"{where}; times in ms; warm-up {result['settings']['warmup']}, "
               f"{result['settings']['iterations']} iterations; order seed {result['settings']['seed']}\n")
+    buf.write(note)
     for r in [head, *rows]:
         buf.write("  ".join(c.rjust(w) if i >= 4 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
                   .rstrip() + "\n")
