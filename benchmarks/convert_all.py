@@ -344,8 +344,7 @@ def write_markdown(data: dict[str, Any], path: Path, argv: str) -> None:
         lines += int8
     if data.get("latency"):
         s = data.get("latency_settings") or {}
-        threads = s.get("threads") or [1]
-        threads = sorted({c["threads"] for c in data["latency"]}) or threads
+        threads = sorted({c["threads"] for c in data["latency"]})  # rows of several runs may differ
         runs = ("warm-up and timed runs per cell in the legend" if all(c.get("iterations") for c in data["latency"])
                 else f"warm-up {s.get('warmup')}, {s.get('iterations')} timed runs per cell unless the legend says "
                      "otherwise")

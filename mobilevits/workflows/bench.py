@@ -721,8 +721,8 @@ def format_table(result: dict[str, Any]) -> str:
     if dev.get("kind") in (None, "host"):
         where = "host " + str(env.get("cpu")) + (f" ({'+'.join(env['cpu_isa'])})" if env.get("cpu_isa") else "")
         if lacks_int8_dot_product(env.get("cpu_isa")) and any(r["precision"] == "int8" for r in result["cells"]):
-            note = ("note: this CPU has no int8 dot-product instructions (VNNI), so int8 runs at about fp32 speed "
-                    "here; phones with Armv8.2 dot product (Cortex-A55, A76 and later) differ\n")
+            note = ("note: this CPU has no int8 dot-product instructions (x86 VNNI, ARM dotprod), so int8 runs at "
+                    "about fp32 speed here; phones with Armv8.2 dot product (Cortex-A55, A76 and later) differ\n")
     elif dev.get("kind") in MACHINES:  # emulated times are an emulator's cost, never a phone's
         where = (f"EMULATED {dev['kind']} CPU {dev.get('cpu')} ({dev.get('emulator')}): not device times"
                  if dev.get("emulated") else f"{dev.get('host')} ({dev.get('arch')}, {dev.get('cpu')})")
