@@ -221,7 +221,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train(args.model, data=args.data, weights=args.weights, resolution=args.resolution,
                    epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, out=args.out, resume=args.resume,
                    seed=args.seed, train_limit=args.train_limit, show_progress=not args.json,
-                   log=_logger(args.json))
+                   log=_logger(args.json), augment=args.augment, workers=args.workers)
     if os.environ.get("RANK", "0") != "0":  # torchrun: only rank 0 reports
         return 0
     if args.json:
@@ -241,10 +241,11 @@ def cmd_qat(args: argparse.Namespace) -> int:
                  resolution=args.resolution, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                  out=args.out, resume=args.resume, seed=args.seed, train_limit=args.train_limit,
                  float_epochs=args.float_epochs, convert_artifact=not args.no_convert, show_progress=not args.json,
-                 log=_logger(args.json), keep_float=_names(args.keep_float))
+                 log=_logger(args.json), keep_float=_names(args.keep_float), augment=args.augment,
+                 workers=args.workers)
     if args.json:
         print(to_json({k: result[k] for k in ("ledger", "artifact", "checkpoint", "weights", "reference", "notes",
-                                              "check")}))
+                                              "check", "train_data", "val_data", "skipped")}))
     else:
         print(ledger_markdown(result))
     check = result.get("check") or {}
@@ -562,6 +563,11 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--train-limit", type=_positive_int, help="use only the first N training images")
+        s.add_argument("--augment", default="auto", choices=("auto", "none", "crop-flip"),
+                       help="training augmentation: crop-flip (random-resized crop and mirror; auto for folders) "
+                            "or none (auto for digits)")
+        s.add_argument("--workers", type=_non_negative_int, default=0,
+                       help="DataLoader processes decoding a folder's images (default 0: in the main process)")
         s.add_argument("--json", action="store_true", help="print one JSON object for machines")
 
     s = sub.add_parser("train", help="train a float model (AdamW, cosine, label smoothing)")

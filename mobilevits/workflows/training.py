@@ -32,7 +32,18 @@ from torch import nn
 
 from .. import create_model, get_model_info
 from ..base import Normalize, reparameterize_model
-from ..data import ImageSet, load_data
+from ..data import ImageSet
+from .training_data import (
+    Samples,
+    Skipped,
+    Split,
+    TensorSamples,
+    describe,
+    eval_batches,
+    first_images,
+    load_split,
+    stream,
+)
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -60,6 +71,7 @@ class Recipe:
     freeze_epoch: int | None = None
     seed: int = 0
     train_limit: int | None = None  # use only the first N training images (smoke tests)
+    augment: str = "auto"  # training augmentation (training_data.load_split): auto, none, crop-flip
 
     @classmethod
     def for_qat(cls, **kw: Any) -> Recipe:
@@ -68,40 +80,6 @@ class Recipe:
         if r.freeze_epoch is None and r.epochs > 1:
             r = replace(r, freeze_epoch=max(1, round(r.epochs * 0.6)))
         return r
-
-
-@dataclass
-class Split:
-    train: ImageSet
-    val: ImageSet
-    num_classes: int
-
-
-def load_split(data: str, preprocess: Any, seed: int = 0) -> Split:
-    """``digits`` (fixed stratified split) or an ImageFolder with train/ and val/ subfolders
-    (or a single ImageFolder split 80/20 reproducibly by ``seed``)."""
-    if data == "digits":
-        return Split(load_data("digits", preprocess, split="train"), load_data("digits", preprocess, split="val"), 10)
-    root = Path(data)
-    if not root.is_dir():
-        raise ValueError(f"--data must be 'digits' or an ImageFolder directory, got {data!r}")
-    if (root / "train").is_dir() and (root / "val").is_dir():
-        tr, va = load_data(str(root / "train"), preprocess), load_data(str(root / "val"), preprocess)
-        if tr.classes != va.classes:
-            raise ValueError(f"{root}/train and {root}/val have different class folders")
-    else:
-        full = load_data(str(root), preprocess)
-        if full.labels is None:
-            raise ValueError(f"{root} has no class subfolders: training needs an ImageFolder")
-        g = torch.Generator().manual_seed(seed)
-        perm = torch.randperm(len(full), generator=g)
-        n_val = max(1, len(full) // 5)
-        va_idx, tr_idx = perm[:n_val], perm[n_val:]
-        tr = ImageSet(full.images[tr_idx], full.labels[tr_idx], full.classes, f"{full.source} (train split)")
-        va = ImageSet(full.images[va_idx], full.labels[va_idx], full.classes, f"{full.source} (val split)")
-    if tr.labels is None:
-        raise ValueError(f"{data}: training needs labels (an ImageFolder: one subfolder per class)")
-    return Split(tr, va, len(tr.classes or []))
 
 
 # --------------------------------------------------------------------------------------------
@@ -167,24 +145,40 @@ def _atomic_save(obj: dict[str, Any], path: Path) -> None:
 
 
 @torch.no_grad()
-def predict_logits(model: Callable[[torch.Tensor], torch.Tensor], ds: ImageSet, batch_size: int = 64) -> np.ndarray:
+def outputs(model: Callable[[torch.Tensor], torch.Tensor], ds: ImageSet | Samples, batch_size: int = 64,
+            workers: int = 0, skipped: Skipped | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``model``'s (N, classes) outputs on a labelled set, in batches, with the (N,) labels of the images it saw
+    (a streamed set leaves unreadable files out, counted in ``skipped``)."""
+    if isinstance(ds, ImageSet):
+        ds = TensorSamples(ds)
+    logits, labels = [], []
+    for x, y in stream(ds, eval_batches(len(ds), batch_size), workers, skipped):
+        if len(y):
+            logits.append(np.asarray(model(x)))
+            labels.append(y.numpy())
+    if not logits:
+        return np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=np.int64)
+    return np.concatenate(logits), np.concatenate(labels)
+
+
+def predict_logits(model: Callable[[torch.Tensor], torch.Tensor], ds: ImageSet | Samples, batch_size: int = 64,
+                   workers: int = 0) -> np.ndarray:
     """``model``'s (N, classes) outputs on a set, in batches."""
-    out = [model(ds.images[i:i + batch_size]).numpy() for i in range(0, len(ds), batch_size)]
-    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+    return outputs(model, ds, batch_size, workers)[0]
 
 
-def correct(model: Callable[[torch.Tensor], torch.Tensor], ds: ImageSet, batch_size: int = 64) -> np.ndarray:
+def correct(model: Callable[[torch.Tensor], torch.Tensor], ds: ImageSet | Samples, batch_size: int = 64,
+            workers: int = 0, skipped: Skipped | None = None) -> np.ndarray:
     """Per image of a labelled set: whether ``model``'s top-1 class is the label (bool array)."""
-    return _hits(predict_logits(model, ds, batch_size), ds)
+    logits, labels = outputs(model, ds, batch_size, workers, skipped)
+    return logits.argmax(1) == labels if len(labels) else np.zeros(0, dtype=bool)
 
 
-def _hits(out: np.ndarray, ds: ImageSet) -> np.ndarray:
-    return out.argmax(1) == ds.labels.numpy() if len(ds) else np.zeros(0, dtype=bool)
-
-
-def evaluate(model: Callable[[torch.Tensor], torch.Tensor], ds: ImageSet, batch_size: int = 64) -> float:
+def evaluate(model: Callable[[torch.Tensor], torch.Tensor], ds: ImageSet | Samples, batch_size: int = 64,
+             workers: int = 0, skipped: Skipped | None = None) -> float:
     """Top-1 accuracy (fraction) of ``model`` on a labelled set."""
-    return float(correct(model, ds, batch_size).mean()) if len(ds) else 0.0
+    hits = correct(model, ds, batch_size, workers, skipped)
+    return float(hits.mean()) if len(hits) else 0.0
 
 
 def paired_difference(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
@@ -216,12 +210,18 @@ def fit(
     freeze: Callable[[nn.Module], None] | None = None,
     show_progress: bool = True,
     log: Callable[[str], None] = print,
+    workers: int = 0,
+    skipped: Skipped | None = None,
 ) -> State:
     """Train ``module`` in place with AdamW, warm-up + cosine, label smoothing and gradient clipping.
 
     A checkpoint (module, optimizer, schedule, RNG, position, history) is written after every
     epoch and, at the next step boundary, on Ctrl-C or SIGTERM; with ``resume`` the run continues
     from ``out/checkpoint.pt`` and ends with the weights an unbroken run would have.
+
+    Batches stream from ``split.train`` (``workers`` DataLoader processes for a folder; the images of a batch and
+    their augmentation depend only on (seed, epoch, position), not on ``workers``); unreadable files are left out
+    of their batch and counted in ``skipped``.
     """
     rank, world = _dist()
     out.mkdir(parents=True, exist_ok=True)
@@ -262,7 +262,6 @@ def fit(
                       "scheduler": sched.state_dict(), "rng": torch.get_rng_state(), "epoch": position.epoch,
                       "batch": position.batch, "frozen": position.frozen, "history": position.history}, ckpt_path)
 
-    x_all, y_all = split.train.images[:n_train], split.train.labels[:n_train]
     with _Interrupts() as interrupts:
         while state.epoch < recipe.epochs:
             epoch = state.epoch
@@ -272,14 +271,17 @@ def fit(
                 state.frozen = True
                 log(f"epoch {epoch + 1}: BatchNorm statistics and observers frozen")
             batches = _batches(n_train, recipe.batch_size, recipe.seed, epoch, rank, world)
+            split.train.set_epoch(epoch)
             set_train(module)
             t0 = time.perf_counter()
             loss_sum, correct, seen = 0.0, 0, 0
             bar = _bar(len(batches), f"{kind} epoch {epoch + 1}/{recipe.epochs}", show_progress and rank == 0,
                        initial=state.batch)
-            for bi in range(state.batch, len(batches)):
-                idx = batches[bi]
-                xb, yb = x_all[idx], y_all[idx]
+            data = stream(split.train, batches[state.batch:], workers, skipped)
+            for bi, (xb, yb) in enumerate(data, start=state.batch):
+                if not len(yb):  # every file of this batch unreadable: nothing to learn from, move on
+                    state.batch = bi + 1
+                    continue
                 logits = train_model(xb)
                 loss = F.cross_entropy(logits, yb, label_smoothing=recipe.label_smoothing)
                 opt.zero_grad(set_to_none=True)
@@ -297,9 +299,9 @@ def fit(
                 opt.step()
                 sched.step()
                 state.batch = bi + 1
-                loss_sum += loss.item() * len(idx)
+                loss_sum += loss.item() * len(yb)
                 correct += int((logits.argmax(1) == yb).sum())
-                seen += len(idx)
+                seen += len(yb)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
@@ -311,7 +313,7 @@ def fit(
             if bar is not None:
                 bar.close()
             set_eval(module)
-            val = evaluate(module, split.val)
+            val = evaluate(module, split.val, workers=workers, skipped=skipped)
             state.history.append({"epoch": epoch + 1, "train_loss": loss_sum / max(1, seen),
                                   "train_top1": correct / max(1, seen), "val_top1": val,
                                   "lr": sched.get_last_lr()[0], "seconds": round(time.perf_counter() - t0, 2)})
@@ -428,27 +430,38 @@ def train(
     train_limit: int | None = None,
     show_progress: bool = True,
     log: Callable[[str], None] | None = None,
+    augment: str = "auto",
+    workers: int = 0,
 ) -> dict[str, Any]:
-    """Train (or fine-tune from ``weights``) a float model on ``data``; returns weights path and top-1."""
+    """Train (or fine-tune from ``weights``) a float model on ``data``; returns weights path and top-1.
+
+    ``data``: ``digits`` or an ImageFolder, streamed through ``workers`` DataLoader processes (see
+    ``training_data``); ``augment``: ``auto`` (crop-flip for folders, none for digits), ``none``, ``crop-flip``.
+    """
     log = log or (lambda s: print(s, file=sys.stderr))
     model, weights = _hub_as_weights(model, weights)
     info = get_model_info(model)
     resolution = info.default_resolution if resolution is None else resolution
     info.check_resolution(resolution)
     recipe = replace(Recipe(), **{k: v for k, v in dict(epochs=epochs, batch_size=batch_size, lr=lr,
-                                                          seed=seed, train_limit=train_limit).items()
+                                                          seed=seed, train_limit=train_limit,
+                                                          augment=augment).items()
                                   if v is not None})
     out = Path(out)
     torch.manual_seed(seed)
     probe = create_model(model, resolution=resolution)
-    split = load_split(data, probe.preprocess, seed)
+    split = load_split(data, probe.preprocess, seed, recipe.augment)
     torch.manual_seed(seed)
     net = _starting_model(model, split.num_classes, resolution, _weights_file(weights), log)
     module = Normalize(net, net.preprocess.mean, net.preprocess.std)
     meta = {"model": model, "resolution": resolution, "data": data, "num_classes": split.num_classes,
             "weights": str(weights) if weights else None, "recipe": asdict(recipe)}
+    skipped = Skipped()
     state = fit(module, split, recipe, out, "train", meta, resume, set_train=lambda m: m.train(),
-                set_eval=lambda m: m.eval(), show_progress=show_progress, log=log)
+                set_eval=lambda m: m.eval(), show_progress=show_progress, log=log, workers=workers,
+                skipped=skipped)
+    if skipped.count:
+        log(skipped.summary())
     path = _weights_path(out, model, resolution, data)
     if _is_main():
         from safetensors.torch import save_file
@@ -459,7 +472,8 @@ def train(
     result = {"model": model, "resolution": resolution, "data": data, "num_classes": split.num_classes,
               "weights": str(path), "checkpoint": str(out / CHECKPOINT),
               "val_top1": state.history[-1]["val_top1"] if state.history else None, "history": state.history,
-              "world_size": _dist()[1]}
+              "world_size": _dist()[1], "train_data": describe(split.train), "val_data": describe(split.val),
+              "skipped": {"count": skipped.count, "first": skipped.paths}}
     if _dist()[1] > 1:
         import torch.distributed as dist
 
@@ -509,11 +523,14 @@ def qat(
     show_progress: bool = True,
     log: Callable[[str], None] | None = None,
     keep_float: list[str] | None = None,
+    augment: str = "auto",
+    workers: int = 0,
 ) -> dict[str, Any]:
     """Quantization-aware fine-tuning for ``backend``, conversion, and the accuracy ledger.
 
     ``keep_float``: module or class names left in float in the PTQ baseline, the QAT graph and the artifact
-    (mixed precision; see ``converters.keep_float_modules``).
+    (mixed precision; see ``converters.keep_float_modules``). ``data``, ``augment``, ``workers``: as for
+    :func:`train` (calibration and every evaluation use the evaluation preprocessing).
 
     With ``convert_artifact=False`` it stops after training and the PyTorch ledger entries
     (the artifact column stays None).
@@ -555,13 +572,15 @@ def qat(
         log(notes[-1])
         float_result = train(model, data=data, resolution=resolution, epochs=float_epochs, batch_size=batch_size,
                              out=float_out, resume=resume, seed=seed, train_limit=train_limit,
-                             show_progress=show_progress, log=log)
+                             show_progress=show_progress, log=log, augment=augment, workers=workers)
         weights = float_result["weights"]
 
-    recipe = Recipe.for_qat(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, train_limit=train_limit)
+    recipe = Recipe.for_qat(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, train_limit=train_limit,
+                            augment=augment)
     torch.manual_seed(seed)
     probe = create_model(model, resolution=resolution)
-    split = load_split(data, probe.preprocess, seed)
+    split = load_split(data, probe.preprocess, seed, recipe.augment)
+    skipped = Skipped()
 
     weights_file = _weights_file(weights)
     logged = []
@@ -572,11 +591,11 @@ def qat(
         return Normalize(net, net.preprocess.mean, net.preprocess.std)
 
     ref = conv.prepare_model(reparameterize_model(float_model()), "int8")
-    hits: dict[str, np.ndarray] = {"float": correct(ref, split.val)}
+    hits: dict[str, np.ndarray] = {"float": correct(ref, split.val, workers=workers)}
     ledger: dict[str, Any] = {"float_top1": float(hits["float"].mean()), "ptq_int8_top1": None,
                               "qat_int8_top1": None, "quantized_top1": None, "artifact_top1": None}
     log(f"float top-1 {100 * ledger['float_top1']:.1f}%")
-    calib = split.train.images[:64]
+    calib = first_images(split.train, 64, skipped)  # (64, 3, R, R), evaluation preprocessing
     def quantizer(model: nn.Module, qat_mode: bool = False) -> Any:
         q = conv.quantizer("int8", qat=qat_mode)
         if keep_float:
@@ -586,12 +605,12 @@ def qat(
         return q
 
     ptq = calibrate_and_quantize(ref, quantizer(ref), calib, conv.fold_quantize)
-    ledger["ptq_int8_top1"] = evaluate(ptq, split.val)
+    ledger["ptq_int8_top1"] = evaluate(ptq, split.val, workers=workers)
     log(f"post-training int8 top-1 {100 * ledger['ptq_int8_top1']:.1f}%")
 
     # graph-mode QAT with the backend's own quantizer
     qat_src = conv.prepare_model(_qat_ready(float_model()), "int8")
-    example = split.train.images[:2]
+    example = calib[:2]
     with quiet():
         gm = torch.export.export(qat_src, (example,),
                                  dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},)).module()
@@ -614,16 +633,17 @@ def qat(
     meta = {"model": model, "backend": backend, "resolution": resolution, "data": data,
             "weights": str(weights), "recipe": asdict(recipe)}
     fit(prepared, split, recipe, out, "qat", meta, resume, set_train=set_train,
-        set_eval=move_exported_model_to_eval, freeze=freeze_and_mark, show_progress=show_progress, log=log)
+        set_eval=move_exported_model_to_eval, freeze=freeze_and_mark, show_progress=show_progress, log=log,
+        workers=workers, skipped=skipped)
     move_exported_model_to_eval(prepared)
-    fake_logits = predict_logits(prepared, split.val)
-    hits["qat"] = _hits(fake_logits, split.val)
+    fake_logits, labels = outputs(prepared, split.val, workers=workers, skipped=skipped)
+    hits["qat"] = fake_logits.argmax(1) == labels
     ledger["qat_int8_top1"] = float(hits["qat"].mean())
     log(f"QAT fake-quant int8 top-1 {100 * ledger['qat_int8_top1']:.1f}%")
     with quiet():
         quantized = convert_pt2e(prepared, fold_quantize=conv.fold_quantize)
-    quantized_logits = predict_logits(quantized, split.val)
-    hits["quantized"] = _hits(quantized_logits, split.val)
+    quantized_logits, labels = outputs(quantized, split.val, workers=workers)
+    hits["quantized"] = quantized_logits.argmax(1) == labels
     ledger["quantized_top1"] = float(hits["quantized"].mean())
     # how far convert_pt2e (fake quantizers -> quantize/dequantize pairs) moved the logits; measured 18-20 dB on
     # the digits model, with or without BatchNorm folded before QAT, so not the BatchNorm fold (BENCHMARKS.md)
@@ -631,15 +651,20 @@ def qat(
     log(f"quantised graph (convert_pt2e) top-1 {100 * ledger['quantized_top1']:.1f}% "
         f"(logits {ledger['convert_sqnr_db']:.1f} dB from fake-quant)")
     with quiet():
-        x1 = split.val.images[:1]
+        x1 = first_images(split.val, 1)
         reference = out / f"{model}_{resolution}_{backend}_int8.qat.pt2"
         tmp = reference.with_name("." + reference.name + ".partial")
         torch.export.save(torch.export.export(quantized, (x1,)), str(tmp))
         os.replace(tmp, reference)
 
+    if skipped.count:
+        notes.append(skipped.summary())
+        log(notes[-1])
     base = {"model": model, "backend": backend, "resolution": resolution, "data": data, "ledger": ledger,
             "checkpoint": str(out / CHECKPOINT), "weights": str(weights), "reference": str(reference),
-            "notes": notes, "float_training": float_result, "artifact": None, "check": None}
+            "notes": notes, "float_training": float_result, "artifact": None, "check": None,
+            "train_data": describe(split.train), "val_data": describe(split.val),
+            "skipped": {"count": skipped.count, "first": skipped.paths}}
     if not convert_artifact:
         notes.append("conversion skipped (--no-convert)")
         return base
@@ -654,7 +679,8 @@ def qat(
     artifact = Path(result_convert["artifact"])
     check = result_convert["check"] or {}
     # the host runtime, or for Core ML off macOS the NumPy MIL executor (the numerics check judges)
-    hits["artifact"] = _hits(run_artifact(artifact, split.val.images.numpy()), split.val)
+    artifact_logits, labels = outputs(lambda x: run_artifact(artifact, x.numpy()), split.val, workers=workers)
+    hits["artifact"] = artifact_logits.argmax(1) == labels
     ledger["artifact_top1"] = float(hits["artifact"].mean())
     ledger.update(ledger_steps(hits))
     _store_ledger(artifact, ledger, notes)
