@@ -221,7 +221,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train(args.model, data=args.data, weights=args.weights, resolution=args.resolution,
                    epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, out=args.out, resume=args.resume,
                    seed=args.seed, train_limit=args.train_limit, show_progress=not args.json,
-                   log=_logger(args.json), augment=args.augment, workers=args.workers)
+                   log=_logger(args.json), augment=args.augment, workers=args.workers, device=args.device,
+                   amp=args.amp)
     if os.environ.get("RANK", "0") != "0":  # torchrun: only rank 0 reports
         return 0
     if args.json:
@@ -242,10 +243,10 @@ def cmd_qat(args: argparse.Namespace) -> int:
                  out=args.out, resume=args.resume, seed=args.seed, train_limit=args.train_limit,
                  float_epochs=args.float_epochs, convert_artifact=not args.no_convert, show_progress=not args.json,
                  log=_logger(args.json), keep_float=_names(args.keep_float), augment=args.augment,
-                 workers=args.workers)
+                 workers=args.workers, device=args.device, amp=args.amp)
     if args.json:
         print(to_json({k: result[k] for k in ("ledger", "artifact", "checkpoint", "weights", "reference", "notes",
-                                              "check", "train_data", "val_data", "skipped")}))
+                                              "check", "train_data", "val_data", "skipped", "device", "amp")}))
     else:
         print(ledger_markdown(result))
     check = result.get("check") or {}
@@ -568,6 +569,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "or none (auto for digits)")
         s.add_argument("--workers", type=_non_negative_int, default=0,
                        help="DataLoader processes decoding a folder's images (default 0: in the main process)")
+        s.add_argument("--device", default="auto",
+                       help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps; under torchrun each process "
+                            "takes its local rank's GPU")
+        s.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"),
+                       help="mixed-precision forward pass (fp16 with loss scaling); weights stay float32")
         s.add_argument("--json", action="store_true", help="print one JSON object for machines")
 
     s = sub.add_parser("train", help="train a float model (AdamW, cosine, label smoothing)")

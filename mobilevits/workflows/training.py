@@ -33,6 +33,7 @@ from torch import nn
 from .. import create_model, get_model_info
 from ..base import Normalize, reparameterize_model
 from ..data import ImageSet
+from .compute import autocast, check_amp, grad_scaler, resolve_device, rng_state, set_rng_state
 from .training_data import (
     Samples,
     Skipped,
@@ -72,6 +73,7 @@ class Recipe:
     seed: int = 0
     train_limit: int | None = None  # use only the first N training images (smoke tests)
     augment: str = "auto"  # training augmentation (training_data.load_split): auto, none, crop-flip
+    amp: str = "none"  # mixed precision of the forward pass (compute.autocast): none, bf16, fp16
 
     @classmethod
     def for_qat(cls, **kw: Any) -> Recipe:
@@ -87,15 +89,16 @@ class Recipe:
 # --------------------------------------------------------------------------------------------
 
 
-def _dist() -> tuple[int, int]:
-    """(rank, world size); initialises a gloo process group when started by torchrun."""
+def _dist(device: torch.device | None = None) -> tuple[int, int]:
+    """(rank, world size); initialises the process group when started by torchrun: NCCL for a CUDA device,
+    gloo otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 1
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        dist.init_process_group("gloo")
+        dist.init_process_group("nccl" if device is not None and device.type == "cuda" else "gloo")
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -146,15 +149,18 @@ def _atomic_save(obj: dict[str, Any], path: Path) -> None:
 
 @torch.no_grad()
 def outputs(model: Callable[[torch.Tensor], torch.Tensor], ds: ImageSet | Samples, batch_size: int = 64,
-            workers: int = 0, skipped: Skipped | None = None) -> tuple[np.ndarray, np.ndarray]:
+            workers: int = 0, skipped: Skipped | None = None,
+            device: torch.device | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``model``'s (N, classes) outputs on a labelled set, in batches, with the (N,) labels of the images it saw
-    (a streamed set leaves unreadable files out, counted in ``skipped``)."""
+    (a streamed set leaves unreadable files out, counted in ``skipped``). Batches go to ``device`` when given
+    (a module on a GPU); a callable taking CPU tensors (an artifact) is fed as is."""
     if isinstance(ds, ImageSet):
         ds = TensorSamples(ds)
     logits, labels = [], []
     for x, y in stream(ds, eval_batches(len(ds), batch_size), workers, skipped):
         if len(y):
-            logits.append(np.asarray(model(x)))
+            out = model(x if device is None else x.to(device))
+            logits.append(out.float().cpu().numpy() if isinstance(out, torch.Tensor) else np.asarray(out))
             labels.append(y.numpy())
     if not logits:
         return np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=np.int64)
@@ -168,16 +174,16 @@ def predict_logits(model: Callable[[torch.Tensor], torch.Tensor], ds: ImageSet |
 
 
 def correct(model: Callable[[torch.Tensor], torch.Tensor], ds: ImageSet | Samples, batch_size: int = 64,
-            workers: int = 0, skipped: Skipped | None = None) -> np.ndarray:
+            workers: int = 0, skipped: Skipped | None = None, device: torch.device | None = None) -> np.ndarray:
     """Per image of a labelled set: whether ``model``'s top-1 class is the label (bool array)."""
-    logits, labels = outputs(model, ds, batch_size, workers, skipped)
+    logits, labels = outputs(model, ds, batch_size, workers, skipped, device)
     return logits.argmax(1) == labels if len(labels) else np.zeros(0, dtype=bool)
 
 
 def evaluate(model: Callable[[torch.Tensor], torch.Tensor], ds: ImageSet | Samples, batch_size: int = 64,
-             workers: int = 0, skipped: Skipped | None = None) -> float:
+             workers: int = 0, skipped: Skipped | None = None, device: torch.device | None = None) -> float:
     """Top-1 accuracy (fraction) of ``model`` on a labelled set."""
-    hits = correct(model, ds, batch_size, workers, skipped)
+    hits = correct(model, ds, batch_size, workers, skipped, device)
     return float(hits.mean()) if len(hits) else 0.0
 
 
@@ -212,6 +218,7 @@ def fit(
     log: Callable[[str], None] = print,
     workers: int = 0,
     skipped: Skipped | None = None,
+    device: torch.device | None = None,
 ) -> State:
     """Train ``module`` in place with AdamW, warm-up + cosine, label smoothing and gradient clipping.
 
@@ -222,8 +229,13 @@ def fit(
     Batches stream from ``split.train`` (``workers`` DataLoader processes for a folder; the images of a batch and
     their augmentation depend only on (seed, epoch, position), not on ``workers``); unreadable files are left out
     of their batch and counted in ``skipped``.
+
+    ``module`` trains on ``device`` (default CPU) with ``recipe.amp``'s mixed precision; evaluation stays fp32.
     """
-    rank, world = _dist()
+    device = device or torch.device("cpu")
+    rank, world = _dist(device)
+    module.to(device)
+    scaler = grad_scaler(recipe.amp, device)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / CHECKPOINT
     torch.manual_seed(recipe.seed)
@@ -237,13 +249,15 @@ def fit(
     state = State()
     if resume and ckpt_path.is_file():
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if ck.get("kind") != kind or ck.get("meta") != meta:
+        if ck.get("kind") != kind or not _same_run(ck.get("meta"), meta):
             raise OtherRunError(f"{ckpt_path} belongs to another run ({ck.get('kind')}: {ck.get('meta')}); "
                              f"use another --out or drop --resume")
         module.load_state_dict(ck["module"])
-        opt.load_state_dict(ck["optimizer"])
+        opt.load_state_dict(ck["optimizer"])  # its state follows the parameters onto ``device``
         sched.load_state_dict(ck["scheduler"])
-        torch.set_rng_state(ck["rng"])
+        if ck.get("scaler"):
+            scaler.load_state_dict(ck["scaler"])
+        set_rng_state(ck["rng"], device)
         state = State(ck["epoch"], ck["batch"], ck["frozen"], list(ck["history"]))
         if state.frozen and freeze is not None:
             freeze(module)
@@ -253,13 +267,15 @@ def fit(
 
     train_model: nn.Module = module
     if world > 1:
-        train_model = nn.parallel.DistributedDataParallel(module)
+        train_model = nn.parallel.DistributedDataParallel(
+            module, device_ids=[device.index] if device.type == "cuda" else None)
 
     def save(position: State) -> None:
         if rank != 0:
             return
         _atomic_save({"kind": kind, "meta": meta, "module": module.state_dict(), "optimizer": opt.state_dict(),
-                      "scheduler": sched.state_dict(), "rng": torch.get_rng_state(), "epoch": position.epoch,
+                      "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
+                      "rng": rng_state(device), "epoch": position.epoch,
                       "batch": position.batch, "frozen": position.frozen, "history": position.history}, ckpt_path)
 
     with _Interrupts() as interrupts:
@@ -282,12 +298,17 @@ def fit(
                 if not len(yb):  # every file of this batch unreadable: nothing to learn from, move on
                     state.batch = bi + 1
                     continue
-                logits = train_model(xb)
-                loss = F.cross_entropy(logits, yb, label_smoothing=recipe.label_smoothing)
+                xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+                with autocast(recipe.amp, device):
+                    logits = train_model(xb)
+                loss = F.cross_entropy(logits.float(), yb, label_smoothing=recipe.label_smoothing)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)  # clip the true gradients (a no-op without fp16 loss scaling)
                 norm = nn.utils.clip_grad_norm_(module.parameters(), recipe.clip_grad or float("inf"))
-                if not (torch.isfinite(loss) and torch.isfinite(norm)):
+                # under fp16 loss scaling an overflowing gradient is routine: the scaler skips that step and
+                # lowers its scale; only a non-finite loss (or any non-finite gradient without scaling) diverges
+                if not (torch.isfinite(loss) and (torch.isfinite(norm) or scaler.is_enabled())):
                     # stop before the step: one NaN update poisons every parameter (and QAT's observers)
                     if bar is not None:
                         bar.close()
@@ -296,7 +317,8 @@ def fit(
                         f"{'loss' if not torch.isfinite(loss) else 'gradient norm'} is not finite; the last "
                         f"checkpoint ({ckpt_path}, {state.epoch} epochs done) is kept; try a lower --lr "
                         f"(now {recipe.lr:g})")
-                opt.step()
+                scaler.step(opt)
+                scaler.update()
                 sched.step()
                 state.batch = bi + 1
                 loss_sum += loss.item() * len(yb)
@@ -313,7 +335,7 @@ def fit(
             if bar is not None:
                 bar.close()
             set_eval(module)
-            val = evaluate(module, split.val, workers=workers, skipped=skipped)
+            val = evaluate(module, split.val, workers=workers, skipped=skipped, device=device)
             state.history.append({"epoch": epoch + 1, "train_loss": loss_sum / max(1, seen),
                                   "train_top1": correct / max(1, seen), "val_top1": val,
                                   "lr": sched.get_last_lr()[0], "seconds": round(time.perf_counter() - t0, 2)})
@@ -325,6 +347,17 @@ def fit(
                 f"val top-1 {100 * val:.1f}%")
     set_eval(module)
     return state
+
+
+def _same_run(saved: dict[str, Any] | None, meta: dict[str, Any]) -> bool:
+    """Whether a checkpoint's settings are this run's; a recipe field added since it was written counts as the
+    same when this run leaves it at its default (older runs trained that way)."""
+    if saved is None or "recipe" not in meta or "recipe" not in saved:
+        return saved == meta
+    defaults = asdict(Recipe())
+    recipe = {k: v for k, v in meta["recipe"].items()
+              if k in saved["recipe"] or k not in defaults or v != defaults[k]}
+    return saved == {**meta, "recipe": recipe}
 
 
 def _stop(state: State, ckpt_path: Path) -> None:
@@ -432,20 +465,25 @@ def train(
     log: Callable[[str], None] | None = None,
     augment: str = "auto",
     workers: int = 0,
+    device: str = "auto",
+    amp: str = "none",
 ) -> dict[str, Any]:
     """Train (or fine-tune from ``weights``) a float model on ``data``; returns weights path and top-1.
 
     ``data``: ``digits`` or an ImageFolder, streamed through ``workers`` DataLoader processes (see
     ``training_data``); ``augment``: ``auto`` (crop-flip for folders, none for digits), ``none``, ``crop-flip``.
+    ``device``: auto, cpu, cuda, cuda:N or mps; ``amp``: none, bf16 or fp16 (see ``compute``).
     """
     log = log or (lambda s: print(s, file=sys.stderr))
+    dev = resolve_device(device)
+    amp = check_amp(amp, dev)
     model, weights = _hub_as_weights(model, weights)
     info = get_model_info(model)
     resolution = info.default_resolution if resolution is None else resolution
     info.check_resolution(resolution)
     recipe = replace(Recipe(), **{k: v for k, v in dict(epochs=epochs, batch_size=batch_size, lr=lr,
                                                           seed=seed, train_limit=train_limit,
-                                                          augment=augment).items()
+                                                          augment=augment, amp=amp).items()
                                   if v is not None})
     out = Path(out)
     torch.manual_seed(seed)
@@ -459,7 +497,7 @@ def train(
     skipped = Skipped()
     state = fit(module, split, recipe, out, "train", meta, resume, set_train=lambda m: m.train(),
                 set_eval=lambda m: m.eval(), show_progress=show_progress, log=log, workers=workers,
-                skipped=skipped)
+                skipped=skipped, device=dev)
     if skipped.count:
         log(skipped.summary())
     path = _weights_path(out, model, resolution, data)
@@ -467,12 +505,13 @@ def train(
         from safetensors.torch import save_file
 
         tmp = path.with_name("." + path.name + ".partial")
-        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
+        save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp))
         os.replace(tmp, path)
     result = {"model": model, "resolution": resolution, "data": data, "num_classes": split.num_classes,
               "weights": str(path), "checkpoint": str(out / CHECKPOINT),
               "val_top1": state.history[-1]["val_top1"] if state.history else None, "history": state.history,
-              "world_size": _dist()[1], "train_data": describe(split.train), "val_data": describe(split.val),
+              "world_size": _dist()[1], "device": str(dev), "amp": amp,
+              "train_data": describe(split.train), "val_data": describe(split.val),
               "skipped": {"count": skipped.count, "first": skipped.paths}}
     if _dist()[1] > 1:
         import torch.distributed as dist
@@ -505,6 +544,30 @@ def _qat_ready(net: nn.Module) -> nn.Module:
     return net
 
 
+def qat_graphs(module: nn.Module, example: torch.Tensor, quantizer: Callable[[], Any],
+               device: torch.device) -> tuple[nn.Module, nn.Module]:
+    """(the fake-quantised graph to train on ``device``, its CPU twin) of ``module``, exported once with a dynamic
+    batch and prepared twice with fresh quantizers from ``quantizer()``.
+
+    The graph trains on ``device`` (device arguments rewritten by ``move_to_device_pass``); its trained state goes
+    into the twin with :func:`load_into_twin`, and the twin is what ``convert_pt2e`` and the converters take. The
+    CPU takes the same two-graph path, so the tests run the one a GPU takes.
+    """
+    from torch.export.passes import move_to_device_pass
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+
+    ep = torch.export.export(module, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},))
+    on_device = ep if device.type == "cpu" else move_to_device_pass(ep, str(device))
+    training_graph = prepare_qat_pt2e(on_device.module(), quantizer()).to(device)
+    return training_graph, prepare_qat_pt2e(ep.module(), quantizer())
+
+
+def load_into_twin(training_graph: nn.Module, twin: nn.Module) -> None:
+    """Copy a trained fake-quantised graph's state (weights, BatchNorm statistics, observer ranges, fake-quant
+    scales and on/off flags) into its CPU twin (the observers resize their buffers on load)."""
+    twin.load_state_dict({k: v.detach().cpu() for k, v in training_graph.state_dict().items()})
+
+
 def qat(
     model: str,
     backend: str,
@@ -525,12 +588,16 @@ def qat(
     keep_float: list[str] | None = None,
     augment: str = "auto",
     workers: int = 0,
+    device: str = "auto",
+    amp: str = "none",
 ) -> dict[str, Any]:
     """Quantization-aware fine-tuning for ``backend``, conversion, and the accuracy ledger.
 
     ``keep_float``: module or class names left in float in the PTQ baseline, the QAT graph and the artifact
     (mixed precision; see ``converters.keep_float_modules``). ``data``, ``augment``, ``workers``: as for
-    :func:`train` (calibration and every evaluation use the evaluation preprocessing).
+    :func:`train` (calibration and every evaluation use the evaluation preprocessing). ``device``, ``amp``: where
+    and in which precision the float model and the fake-quantised graph train (and the float model is evaluated);
+    the int8 graphs (PTQ, ``convert_pt2e``) run on the CPU, as the converters take them.
 
     With ``convert_artifact=False`` it stops after training and the PyTorch ledger entries
     (the artifact column stays None).
@@ -543,7 +610,7 @@ def qat(
         move_exported_model_to_eval,
         move_exported_model_to_train,
     )
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
     from converters import (
         calibrate_and_quantize,
@@ -556,6 +623,8 @@ def qat(
     )
 
     log = log or (lambda s: print(s, file=sys.stderr))
+    dev = resolve_device(device)
+    amp = check_amp(amp, dev)
     model, weights = _hub_as_weights(model, weights)
     conv = get_converter(backend)
     if "int8" not in conv.precisions:
@@ -572,11 +641,12 @@ def qat(
         log(notes[-1])
         float_result = train(model, data=data, resolution=resolution, epochs=float_epochs, batch_size=batch_size,
                              out=float_out, resume=resume, seed=seed, train_limit=train_limit,
-                             show_progress=show_progress, log=log, augment=augment, workers=workers)
+                             show_progress=show_progress, log=log, augment=augment, workers=workers,
+                             device=str(dev), amp=amp)
         weights = float_result["weights"]
 
     recipe = Recipe.for_qat(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, train_limit=train_limit,
-                            augment=augment)
+                            augment=augment, amp=amp)
     torch.manual_seed(seed)
     probe = create_model(model, resolution=resolution)
     split = load_split(data, probe.preprocess, seed, recipe.augment)
@@ -591,7 +661,8 @@ def qat(
         return Normalize(net, net.preprocess.mean, net.preprocess.std)
 
     ref = conv.prepare_model(reparameterize_model(float_model()), "int8")
-    hits: dict[str, np.ndarray] = {"float": correct(ref, split.val, workers=workers)}
+    hits: dict[str, np.ndarray] = {"float": correct(ref.to(dev), split.val, workers=workers, device=dev)}
+    ref.to("cpu")
     ledger: dict[str, Any] = {"float_top1": float(hits["float"].mean()), "ptq_int8_top1": None,
                               "qat_int8_top1": None, "quantized_top1": None, "artifact_top1": None}
     log(f"float top-1 {100 * ledger['float_top1']:.1f}%")
@@ -612,9 +683,7 @@ def qat(
     qat_src = conv.prepare_model(_qat_ready(float_model()), "int8")
     example = calib[:2]
     with quiet():
-        gm = torch.export.export(qat_src, (example,),
-                                 dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},)).module()
-        prepared = prepare_qat_pt2e(gm, quantizer(qat_src, qat_mode=True))
+        training_graph, prepared = qat_graphs(qat_src, example, lambda: quantizer(qat_src, qat_mode=True), dev)
 
     def freeze(m: nn.Module) -> None:
         m.apply(disable_observer)
@@ -632,9 +701,10 @@ def qat(
 
     meta = {"model": model, "backend": backend, "resolution": resolution, "data": data,
             "weights": str(weights), "recipe": asdict(recipe)}
-    fit(prepared, split, recipe, out, "qat", meta, resume, set_train=set_train,
+    fit(training_graph, split, recipe, out, "qat", meta, resume, set_train=set_train,
         set_eval=move_exported_model_to_eval, freeze=freeze_and_mark, show_progress=show_progress, log=log,
-        workers=workers, skipped=skipped)
+        workers=workers, skipped=skipped, device=dev)
+    load_into_twin(training_graph, prepared)
     move_exported_model_to_eval(prepared)
     fake_logits, labels = outputs(prepared, split.val, workers=workers, skipped=skipped)
     hits["qat"] = fake_logits.argmax(1) == labels
@@ -664,7 +734,7 @@ def qat(
             "checkpoint": str(out / CHECKPOINT), "weights": str(weights), "reference": str(reference),
             "notes": notes, "float_training": float_result, "artifact": None, "check": None,
             "train_data": describe(split.train), "val_data": describe(split.val),
-            "skipped": {"count": skipped.count, "first": skipped.paths}}
+            "skipped": {"count": skipped.count, "first": skipped.paths}, "device": str(dev), "amp": amp}
     if not convert_artifact:
         notes.append("conversion skipped (--no-convert)")
         return base

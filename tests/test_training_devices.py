@@ -1,0 +1,138 @@
+"""Where training runs (``mobilevits.workflows.compute``): device choice, mixed precision, the QAT graph's CPU twin,
+checkpoints from older runs. CUDA paths run where CUDA exists and are skipped, saying so, elsewhere."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from mobilevits.workflows import compute
+from mobilevits.workflows.training import CHECKPOINT, OtherRunError, load_into_twin, qat_graphs, train
+
+MODEL, RES = "mobilevit_tiny", 96
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine (CPU-only torch)")
+
+
+def test_auto_picks_what_exists_and_unavailable_devices_say_what_there_is(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(compute, "_mps_available", lambda: False)
+    assert compute.resolve_device("auto") == torch.device("cpu") == compute.resolve_device("cpu")
+    with pytest.raises(compute.DeviceError, match=r"--device cuda:1: CUDA is not available .*available: cpu"):
+        compute.resolve_device("cuda:1")
+    with pytest.raises(compute.DeviceError, match="--device mps: .*use --device cpu"):
+        compute.resolve_device("mps")
+    with pytest.raises(compute.DeviceError, match="must be auto, cpu, cuda, cuda:N or mps"):
+        compute.resolve_device("tpu")
+    monkeypatch.setattr(compute, "_mps_available", lambda: True)
+    assert compute.resolve_device("auto") == torch.device("mps")
+
+
+def test_cli_refuses_an_absent_device_in_one_line(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    r = subprocess.run([sys.executable, "-m", "mobilevits", "train", MODEL, "--device", "cuda", "--resolution",
+                        str(RES), "--out", str(tmp_path / "run")], capture_output=True, text=True)
+    lines = [s for s in r.stderr.splitlines() if s.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and "CUDA is not available" in lines[0], r.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_autocast_runs_the_forward_in_the_chosen_precision():
+    cpu = torch.device("cpu")
+    a = torch.randn(4, 4)
+    with compute.autocast("bf16", cpu):
+        assert (a @ a).dtype == torch.bfloat16
+    with compute.autocast("none", cpu):
+        assert (a @ a).dtype == torch.float32
+    assert compute.grad_scaler("fp16", cpu).is_enabled() and not compute.grad_scaler("bf16", cpu).is_enabled()
+    with pytest.raises(compute.DeviceError, match="--amp must be"):
+        compute.check_amp("int4", cpu)
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_training_trains_and_differs_from_fp32(amp, tmp_path):
+    kw = dict(resolution=RES, epochs=1, train_limit=64, batch_size=32, show_progress=False, log=lambda s: None,
+              device="cpu")
+    mixed = train(MODEL, out=tmp_path / amp, amp=amp, **kw)
+    full = train(MODEL, out=tmp_path / "fp32", **kw)
+    assert mixed["amp"] == amp and mixed["device"] == "cpu" and full["amp"] == "none"
+    assert torch.isfinite(torch.tensor(mixed["history"][0]["train_loss"]))
+    a = torch.load(tmp_path / amp / CHECKPOINT, weights_only=True)
+    b = torch.load(tmp_path / "fp32" / CHECKPOINT, weights_only=True)
+    assert a["meta"]["recipe"]["amp"] == amp and a["scaler"] is not None
+    # the forward ran in reduced precision: the weights moved differently (an ignored --amp gives equal weights)
+    assert any(not torch.equal(a["module"][k], b["module"][k]) for k in a["module"])
+    assert all(v.dtype != torch.bfloat16 and v.dtype != torch.float16 for v in a["module"].values())
+
+
+def test_checkpoints_from_before_a_recipe_field_existed_still_resume(tmp_path):
+    kw = dict(resolution=RES, epochs=2, train_limit=32, batch_size=32, show_progress=False, log=lambda s: None,
+              out=tmp_path)
+    train(MODEL, **{**kw, "epochs": 1})
+    ck = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    for key in ("augment", "amp"):  # a checkpoint written before these fields existed
+        del ck["meta"]["recipe"][key]
+    ck["rng"] = ck["rng"]["cpu"]  # ... and before the RNG state named its device
+    ck["meta"]["recipe"]["epochs"] = 2
+    torch.save(ck, tmp_path / CHECKPOINT)
+    assert len(train(MODEL, **kw, resume=True)["history"]) == 2
+    with pytest.raises(OtherRunError, match="belongs to another run"):
+        train(MODEL, **kw, resume=True, amp="bf16")
+
+
+def _qat_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(8, 4))
+
+
+def _twin_outputs(copy: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+
+    from converters import get_converter
+
+    conv = get_converter("executorch")
+    x = torch.rand(6, 3, 12, 12)
+    graph, twin = qat_graphs(_qat_net(), x[:2], lambda: conv.quantizer("int8", qat=True), torch.device("cpu"))
+    opt = torch.optim.SGD(graph.parameters(), lr=0.1)
+    for _ in range(3):  # observers, BatchNorm statistics and weights all move
+        opt.zero_grad()
+        graph(x).square().mean().backward()
+        opt.step()
+    if copy:
+        load_into_twin(graph, twin)
+    move_exported_model_to_eval(graph)
+    move_exported_model_to_eval(twin)
+    with torch.no_grad():
+        return graph(x), twin(x)
+
+
+def test_the_cpu_twin_computes_what_the_trained_graph_computes():
+    trained, twin = _twin_outputs(copy=True)
+    assert torch.equal(trained, twin)
+    trained, fresh = _twin_outputs(copy=False)  # the check can fail: an untouched twin differs
+    assert not torch.allclose(trained, fresh)
+
+
+@CUDA
+def test_cuda_training_with_fp16_resumes_on_the_cpu(tmp_path):
+    kw = dict(resolution=RES, train_limit=64, batch_size=32, show_progress=False, log=lambda s: None, out=tmp_path)
+    r = train(MODEL, epochs=1, device="cuda", amp="fp16", **kw)
+    assert r["device"].startswith("cuda") and r["amp"] == "fp16"
+    ck = torch.load(tmp_path / CHECKPOINT, weights_only=True, map_location="cpu")
+    ck["meta"]["recipe"]["epochs"] = 2
+    torch.save(ck, tmp_path / CHECKPOINT)
+    assert len(train(MODEL, epochs=2, device="cpu", amp="fp16", resume=True, **kw)["history"]) == 2
+
+
+@CUDA
+def test_qat_on_cuda_converts_from_the_cpu_twin(tmp_path, digits_weights):
+    from mobilevits.workflows.training import qat
+
+    r = qat(MODEL, backend="executorch", weights=digits_weights, resolution=RES, epochs=1, train_limit=64,
+            out=tmp_path, device="cuda", show_progress=False, log=lambda s: None)
+    assert r["device"].startswith("cuda") and r["check"]["passed"], r["check"].get("rule_note")
