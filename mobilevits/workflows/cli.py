@@ -243,7 +243,8 @@ def cmd_qat(args: argparse.Namespace) -> int:
                  out=args.out, resume=args.resume, seed=args.seed, train_limit=args.train_limit,
                  float_epochs=args.float_epochs, convert_artifact=not args.no_convert, show_progress=not args.json,
                  log=_logger(args.json), keep_float=_names(args.keep_float), augment=args.augment,
-                 workers=args.workers, device=args.device, amp=args.amp)
+                 workers=args.workers, device=args.device, amp=args.amp, teacher=args.teacher,
+                 kd_alpha=args.kd_alpha, kd_temperature=args.kd_temperature)
     if args.json:
         print(to_json({k: result[k] for k in ("ledger", "artifact", "checkpoint", "weights", "reference", "notes",
                                               "check", "train_data", "val_data", "skipped", "device", "amp")}))
@@ -587,6 +588,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--keep-float", action="append", metavar="MODULES",
                    help="leave these modules in float (mixed precision): module or class names, comma-separated")
     s.add_argument("--no-convert", action="store_true", help="stop after QAT training and the PyTorch ledger")
+    s.add_argument("--teacher", metavar="self|MODEL:WEIGHTS|HUB_ID",
+                   help="distil from a teacher (self: the float model QAT starts from); QAT runs with and without "
+                        "it and the ledger shows both")
+    s.add_argument("--kd-alpha", type=float, help="weight of the distillation term (default 0.5)")
+    s.add_argument("--kd-temperature", type=float, help="softening temperature of the logits (default 2)")
     s.set_defaults(func=cmd_qat)
 
     s = sub.add_parser("export-app-assets", help="copy artifacts into android_demo / ios_demo with a manifest")

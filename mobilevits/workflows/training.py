@@ -74,6 +74,10 @@ class Recipe:
     train_limit: int | None = None  # use only the first N training images (smoke tests)
     augment: str = "auto"  # training augmentation (training_data.load_split): auto, none, crop-flip
     amp: str = "none"  # mixed precision of the forward pass (compute.autocast): none, bf16, fp16
+    # knowledge distillation, when a teacher is given: (1 - kd_alpha) * cross-entropy with the labels +
+    # kd_alpha * T^2 * KL(teacher || student) on logits softened by T = kd_temperature
+    kd_alpha: float = 0.5
+    kd_temperature: float = 2.0
 
     @classmethod
     def for_qat(cls, **kw: Any) -> Recipe:
@@ -219,6 +223,7 @@ def fit(
     workers: int = 0,
     skipped: Skipped | None = None,
     device: torch.device | None = None,
+    teacher: nn.Module | None = None,
 ) -> State:
     """Train ``module`` in place with AdamW, warm-up + cosine, label smoothing and gradient clipping.
 
@@ -231,11 +236,14 @@ def fit(
     of their batch and counted in ``skipped``.
 
     ``module`` trains on ``device`` (default CPU) with ``recipe.amp``'s mixed precision; evaluation stays fp32.
+    With a ``teacher`` (a frozen model on the same inputs) the loss adds soft distillation (``Recipe.kd_*``).
     """
     device = device or torch.device("cpu")
     rank, world = _dist(device)
     module.to(device)
     scaler = grad_scaler(recipe.amp, device)
+    if teacher is not None:
+        teacher.to(device).eval().requires_grad_(False)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / CHECKPOINT
     torch.manual_seed(recipe.seed)
@@ -302,6 +310,11 @@ def fit(
                 with autocast(recipe.amp, device):
                     logits = train_model(xb)
                 loss = F.cross_entropy(logits.float(), yb, label_smoothing=recipe.label_smoothing)
+                if teacher is not None:
+                    with torch.no_grad(), autocast(recipe.amp, device):
+                        target = teacher(xb)
+                    loss = (1 - recipe.kd_alpha) * loss + recipe.kd_alpha * distillation_loss(
+                        logits.float(), target.float(), recipe.kd_temperature)
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.unscale_(opt)  # clip the true gradients (a no-op without fp16 loss scaling)
@@ -334,11 +347,14 @@ def fit(
                     _stop(state, ckpt_path)
             if bar is not None:
                 bar.close()
+            train_s = time.perf_counter() - t0
             set_eval(module)
             val = evaluate(module, split.val, workers=workers, skipped=skipped, device=device)
+            # train_images / train_seconds: this epoch's training throughput (a resumed epoch counts its rest)
             state.history.append({"epoch": epoch + 1, "train_loss": loss_sum / max(1, seen),
                                   "train_top1": correct / max(1, seen), "val_top1": val,
-                                  "lr": sched.get_last_lr()[0], "seconds": round(time.perf_counter() - t0, 2)})
+                                  "lr": sched.get_last_lr()[0], "seconds": round(time.perf_counter() - t0, 2),
+                                  "train_seconds": round(train_s, 3), "train_images": seen})
             state.epoch, state.batch = epoch + 1, 0
             save(state)
             if interrupts.requested:  # Ctrl-C during the evaluation: this epoch's checkpoint is the stop
@@ -347,6 +363,14 @@ def fit(
                 f"val top-1 {100 * val:.1f}%")
     set_eval(module)
     return state
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Soft distillation (Hinton et al.): T^2 * KL(softmax(teacher / T) || softmax(student / T)), batch mean;
+    the T^2 keeps its gradient's scale independent of T. student, teacher: (B, classes) logits."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student / t, dim=1), F.log_softmax(teacher / t, dim=1), log_target=True,
+                    reduction="batchmean") * t * t
 
 
 def _same_run(saved: dict[str, Any] | None, meta: dict[str, Any]) -> bool:
@@ -544,6 +568,43 @@ def _qat_ready(net: nn.Module) -> nn.Module:
     return net
 
 
+def _teacher_source(spec: str) -> tuple[str, str | Path] | None:
+    """(architecture, weights) of a ``--teacher`` spec, or None for ``self``; checked before any training."""
+    from ..hub import is_hub_id
+
+    if spec == "self":
+        return None
+    if is_hub_id(spec):
+        arch, weights = _hub_as_weights(spec, None)
+        return arch, weights
+    arch, _, weights = spec.partition(":")
+    if not weights:
+        raise ValueError(f"--teacher {spec}: a teacher needs trained weights: MODEL:WEIGHTS, a hub id, or self")
+    get_model_info(arch)  # an unknown model is named here
+    if not Path(weights).is_file():
+        raise ValueError(f"--teacher {spec}: weights file not found: {weights}")
+    return arch, weights
+
+
+def _teacher(spec: str, num_classes: int, resolution: int,
+             float_model: Callable[[], nn.Module]) -> tuple[nn.Module, str]:
+    """The frozen teacher of ``--teacher`` (with its input normalisation) and its name for the ledger."""
+    from ..weights import load_weights
+
+    source = _teacher_source(spec)
+    if source is None:
+        return float_model(), "self (the float model)"
+    arch, weights = source
+    get_model_info(arch).check_resolution(resolution)
+    net = create_model(arch, num_classes=num_classes, resolution=resolution)
+    try:
+        load_weights(net, _weights_file(weights))
+    except ValueError as e:  # WeightsError: another class count or architecture, named in one line
+        raise ValueError(f"--teacher {spec}: {e} (the teacher must predict the data's {num_classes} classes)") \
+            from None
+    return Normalize(net, net.preprocess.mean, net.preprocess.std), spec
+
+
 def qat_graphs(module: nn.Module, example: torch.Tensor, quantizer: Callable[[], Any],
                device: torch.device) -> tuple[nn.Module, nn.Module]:
     """(the fake-quantised graph to train on ``device``, its CPU twin) of ``module``, exported once with a dynamic
@@ -590,8 +651,15 @@ def qat(
     workers: int = 0,
     device: str = "auto",
     amp: str = "none",
+    teacher: str | None = None,
+    kd_alpha: float | None = None,
+    kd_temperature: float | None = None,
 ) -> dict[str, Any]:
     """Quantization-aware fine-tuning for ``backend``, conversion, and the accuracy ledger.
+
+    ``teacher``: ``self`` (the float model QAT starts from), ``MODEL:WEIGHTS`` or a hub id. QAT then runs twice
+    from the same float weights, without the teacher (``out/without_teacher``) and with it (``out``, the run that
+    is converted), and the ledger shows both (``qat_int8_top1``, ``qat_kd_int8_top1``, step ``kd_vs_qat``).
 
     ``keep_float``: module or class names left in float in the PTQ baseline, the QAT graph and the artifact
     (mixed precision; see ``converters.keep_float_modules``). ``data``, ``augment``, ``workers``: as for
@@ -632,6 +700,8 @@ def qat(
     info = get_model_info(model)
     resolution = info.default_resolution if resolution is None else resolution
     info.check_resolution(resolution)
+    if teacher:
+        _teacher_source(teacher)  # a bad spec fails now, not after the float training
     out = Path(out)
     notes = []
     float_result = None
@@ -646,7 +716,10 @@ def qat(
         weights = float_result["weights"]
 
     recipe = Recipe.for_qat(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, train_limit=train_limit,
-                            augment=augment, amp=amp)
+                            augment=augment, amp=amp, kd_alpha=kd_alpha, kd_temperature=kd_temperature)
+    if not 0 <= recipe.kd_alpha <= 1 or recipe.kd_temperature <= 0:
+        raise ValueError(f"--kd-alpha must be in [0, 1] and --kd-temperature > 0, got {recipe.kd_alpha:g} and "
+                         f"{recipe.kd_temperature:g}")
     torch.manual_seed(seed)
     probe = create_model(model, resolution=resolution)
     split = load_split(data, probe.preprocess, seed, recipe.augment)
@@ -664,7 +737,8 @@ def qat(
     hits: dict[str, np.ndarray] = {"float": correct(ref.to(dev), split.val, workers=workers, device=dev)}
     ref.to("cpu")
     ledger: dict[str, Any] = {"float_top1": float(hits["float"].mean()), "ptq_int8_top1": None,
-                              "qat_int8_top1": None, "quantized_top1": None, "artifact_top1": None}
+                              "qat_int8_top1": None, "qat_kd_int8_top1": None, "quantized_top1": None,
+                              "artifact_top1": None}
     log(f"float top-1 {100 * ledger['float_top1']:.1f}%")
     calib = first_images(split.train, 64, skipped)  # (64, 3, R, R), evaluation preprocessing
     def quantizer(model: nn.Module, qat_mode: bool = False) -> Any:
@@ -680,36 +754,53 @@ def qat(
     log(f"post-training int8 top-1 {100 * ledger['ptq_int8_top1']:.1f}%")
 
     # graph-mode QAT with the backend's own quantizer
-    qat_src = conv.prepare_model(_qat_ready(float_model()), "int8")
-    example = calib[:2]
-    with quiet():
-        training_graph, prepared = qat_graphs(qat_src, example, lambda: quantizer(qat_src, qat_mode=True), dev)
-
     def freeze(m: nn.Module) -> None:
         m.apply(disable_observer)
         move_exported_model_to_eval(m)  # BatchNorm uses (and stops updating) running statistics
 
-    frozen = {"on": False}
+    def run_qat(run_out: Path, teacher_module: nn.Module | None, run_meta: dict[str, Any]) -> nn.Module:
+        """One QAT run from the float weights: its trained CPU twin, in eval mode."""
+        qat_src = conv.prepare_model(_qat_ready(float_model()), "int8")
+        with quiet():
+            training_graph, twin = qat_graphs(qat_src, calib[:2], lambda: quantizer(qat_src, qat_mode=True), dev)
+        frozen = {"on": False}
 
-    def set_train(m: nn.Module) -> None:
-        if not frozen["on"]:
-            move_exported_model_to_train(m)
+        def set_train(m: nn.Module) -> None:
+            if not frozen["on"]:
+                move_exported_model_to_train(m)
 
-    def freeze_and_mark(m: nn.Module) -> None:
-        frozen["on"] = True
-        freeze(m)
+        def freeze_and_mark(m: nn.Module) -> None:
+            frozen["on"] = True
+            freeze(m)
+
+        fit(training_graph, split, recipe, run_out, "qat", run_meta, resume, set_train=set_train,
+            set_eval=move_exported_model_to_eval, freeze=freeze_and_mark, show_progress=show_progress, log=log,
+            workers=workers, skipped=skipped, device=dev, teacher=teacher_module)
+        load_into_twin(training_graph, twin)
+        move_exported_model_to_eval(twin)
+        return twin
 
     meta = {"model": model, "backend": backend, "resolution": resolution, "data": data,
             "weights": str(weights), "recipe": asdict(recipe)}
-    fit(training_graph, split, recipe, out, "qat", meta, resume, set_train=set_train,
-        set_eval=move_exported_model_to_eval, freeze=freeze_and_mark, show_progress=show_progress, log=log,
-        workers=workers, skipped=skipped, device=dev)
-    load_into_twin(training_graph, prepared)
-    move_exported_model_to_eval(prepared)
+    # without a teacher: the plain run is the one converted; with one, the plain run goes to out/without_teacher
+    # (the ledger's comparison) and the distilled run to out
+    plain_out = out / "without_teacher" if teacher else out
+    prepared = run_qat(plain_out, None, meta)
     fake_logits, labels = outputs(prepared, split.val, workers=workers, skipped=skipped)
     hits["qat"] = fake_logits.argmax(1) == labels
     ledger["qat_int8_top1"] = float(hits["qat"].mean())
     log(f"QAT fake-quant int8 top-1 {100 * ledger['qat_int8_top1']:.1f}%")
+    if teacher:
+        teacher_module, teacher_name = _teacher(teacher, split.num_classes, resolution, float_model)
+        ledger["teacher"] = teacher_name
+        ledger["teacher_top1"] = evaluate(teacher_module.to(dev), split.val, workers=workers, device=dev)
+        log(f"teacher {teacher_name}: top-1 {100 * ledger['teacher_top1']:.1f}%")
+        prepared = run_qat(out, teacher_module, {**meta, "teacher": teacher_name})
+        fake_logits, labels = outputs(prepared, split.val, workers=workers, skipped=skipped)
+        hits["qat_kd"] = fake_logits.argmax(1) == labels
+        ledger["qat_kd_int8_top1"] = float(hits["qat_kd"].mean())
+        log(f"QAT with the teacher, fake-quant int8 top-1 {100 * ledger['qat_kd_int8_top1']:.1f}%")
+    hits["converted_qat"] = hits["qat_kd" if teacher else "qat"]
     with quiet():
         quantized = convert_pt2e(prepared, fold_quantize=conv.fold_quantize)
     quantized_logits, labels = outputs(quantized, split.val, workers=workers)
@@ -763,9 +854,11 @@ LEDGER_TOLERANCE = 0.015
 
 def ledger_steps(hits: dict[str, np.ndarray]) -> dict[str, Any]:
     """Paired top-1 differences between the ledger's stages (with 95% intervals) and the pass verdict:
-    the artifact within 1.5 points of the quantised graph it was converted from."""
+    the artifact within 1.5 points of the quantised graph it was converted from. ``converted_qat``: the QAT run
+    that was converted (with the teacher when there is one)."""
     steps = {}
-    for name, a, b in (("qat_vs_float", "qat", "float"), ("quantized_vs_qat", "quantized", "qat"),
+    for name, a, b in (("qat_vs_float", "qat", "float"), ("kd_vs_qat", "qat_kd", "qat"),
+                       ("quantized_vs_qat", "quantized", "converted_qat"),
                        ("artifact_vs_quantized", "artifact", "quantized")):
         if a in hits and b in hits:
             steps[name] = paired_difference(hits[a], hits[b])
@@ -790,8 +883,11 @@ def ledger_markdown(result: dict[str, Any]) -> str:
     steps = led.get("steps") or {}
     rows = [("float (PyTorch)", led["float_top1"], None),
             ("post-training int8 (calibration only)", led["ptq_int8_top1"], None),
-            ("QAT int8 (fake-quant PyTorch)", led["qat_int8_top1"], steps.get("qat_vs_float")),
-            ("quantised graph (convert_pt2e)", led.get("quantized_top1"), steps.get("quantized_vs_qat")),
+            ("QAT int8 (fake-quant PyTorch)", led["qat_int8_top1"], steps.get("qat_vs_float"))]
+    if led.get("qat_kd_int8_top1") is not None:
+        rows.append((f"QAT int8 distilled from {led.get('teacher')} (teacher {100 * led['teacher_top1']:.2f}%)",
+                     led["qat_kd_int8_top1"], steps.get("kd_vs_qat")))
+    rows += [("quantised graph (convert_pt2e)", led.get("quantized_top1"), steps.get("quantized_vs_qat")),
             (f"converted artifact ({result['backend']}, host)", led["artifact_top1"],
              steps.get("artifact_vs_quantized"))]
     lines = [f"### {result['model']} @ {result['resolution']} on {result['data']}: int8 for {result['backend']}", "",
