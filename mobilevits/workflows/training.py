@@ -673,6 +673,8 @@ def qat(
     Without ``weights`` the float model is trained first on the same data (and the result says so).
     Returns ``ledger`` (float, PTQ int8, QAT int8 and artifact top-1), ``artifact``, ``checkpoint``.
     """
+    if teacher:
+        _teacher_source(teacher)  # a bad spec fails now (before the heavy imports and any training)
     from torchao.quantization.pt2e import (
         disable_observer,
         move_exported_model_to_eval,
@@ -700,8 +702,6 @@ def qat(
     info = get_model_info(model)
     resolution = info.default_resolution if resolution is None else resolution
     info.check_resolution(resolution)
-    if teacher:
-        _teacher_source(teacher)  # a bad spec fails now, not after the float training
     out = Path(out)
     notes = []
     float_result = None
