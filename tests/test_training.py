@@ -168,11 +168,20 @@ def test_ddp_two_processes_keep_replicas_identical(tmp_path):
 
 @pytest.mark.slow
 def test_qat_ledger_and_artifact_match_the_quantised_graph(float_weights, tmp_path):
+    # with a teacher (the float model itself): QAT runs without it and with it, and the distilled run is converted
     r = qat(MODEL, backend="tflite", weights=float_weights, resolution=RES, epochs=1, train_limit=256,
-            out=tmp_path, show_progress=False, log=lambda s: None)
+            out=tmp_path, show_progress=False, log=lambda s: None, teacher="self")
     led = r["ledger"]
-    keys = ("float_top1", "ptq_int8_top1", "qat_int8_top1", "quantized_top1", "artifact_top1")
+    keys = ("float_top1", "ptq_int8_top1", "qat_int8_top1", "qat_kd_int8_top1", "quantized_top1", "artifact_top1")
     assert all(led[k] is not None for k in keys)
+    # the teacher is the float model as trained; float_top1 is its deploy formulation (BatchNorm folded)
+    assert led["teacher"].startswith("self") and abs(led["teacher_top1"] - led["float_top1"]) <= 0.01
+    plain = torch.load(tmp_path / "without_teacher" / CHECKPOINT, weights_only=True)
+    kd = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    assert kd["meta"]["teacher"].startswith("self") and "teacher" not in plain["meta"]
+    # same start, same batches: the distillation term is what moved the weights apart
+    assert any(not torch.equal(plain["module"][k], kd["module"][k]) for k in kd["module"])
+    assert led["steps"]["kd_vs_qat"]["difference"] == pytest.approx(led["qat_kd_int8_top1"] - led["qat_int8_top1"])
     assert led["float_top1"] > 0.5  # a trained model, so the ledger means something
     # the artifact computes what the quantised PyTorch graph computes: within 1.5 pt, and the int8 check passes
     step = led["steps"]["artifact_vs_quantized"]
@@ -184,7 +193,7 @@ def test_qat_ledger_and_artifact_match_the_quantised_graph(float_weights, tmp_pa
     from mobilevits.workflows.training import ledger_markdown
 
     text = ledger_markdown(r)
-    assert "quantised graph (convert_pt2e)" in text and "ledger PASS" in text
+    assert "quantised graph (convert_pt2e)" in text and "ledger PASS" in text and "distilled from self" in text
     meta = json.loads(Path(r["artifact"] + ".json").read_text())
     assert meta["quantization"]["source"] == "qat" and meta["ledger"]["qat_int8_top1"] == led["qat_int8_top1"]
 
