@@ -254,6 +254,19 @@ def cmd_qat(args: argparse.Namespace) -> int:
     return 0 if check.get("passed", True) and result["ledger"].get("passed", True) else EXIT_FAILED
 
 
+def cmd_sensitivity(args: argparse.Namespace) -> int:
+    from .report import to_json
+    from .sensitivity import format_sensitivity, sensitivity, write_sensitivity_plot
+
+    result = sensitivity(args.model, backend=args.backend, weights=args.weights, data=args.data,
+                         resolution=args.resolution, limit=args.limit, calibration=args.calibration,
+                         groups=_names(args.groups), show_progress=not args.json)
+    if args.plot:
+        result["plot"] = str(write_sensitivity_plot(result, args.plot))
+    print(to_json(result) if args.json else format_sensitivity(result))
+    return 0
+
+
 def _logger(json_mode: bool) -> Callable[[str], None]:
     """Progress lines go to stderr, and are dropped with --json so stdout stays one JSON object."""
     if json_mode:
@@ -594,6 +607,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--kd-alpha", type=float, help="weight of the distillation term (default 0.5)")
     s.add_argument("--kd-temperature", type=float, help="softening temperature of the logits (default 2)")
     s.set_defaults(func=cmd_qat)
+
+    s = sub.add_parser("sensitivity", help="int8 cost of each op group quantised alone (rank, --keep-float advice)")
+    s.add_argument("model", type=_model_name, help="model name (see `mobilevits list`)")
+    s.add_argument("--backend", required=True, choices=backends())
+    s.add_argument("--weights", help="trained weights (on random init every group looks alike)")
+    s.add_argument("--data", default="digits", help="digits, photos or an ImageFolder (labels add top-1)")
+    s.add_argument("--resolution", type=_positive_int, help="input side (default: the model's)")
+    s.add_argument("--limit", type=_positive_int, default=256, help="images evaluated (default 256)")
+    s.add_argument("--calibration", type=_positive_int, default=32, help="calibration images (default 32)")
+    s.add_argument("--groups", action="append", metavar="MODULES",
+                   help="module names to test instead of the model's blocks, comma-separated")
+    s.add_argument("--plot", help="write a PNG bar chart of the ranking")
+    s.add_argument("--json", action="store_true", help="print one JSON object for machines")
+    s.set_defaults(func=cmd_sensitivity)
 
     s = sub.add_parser("export-app-assets", help="copy artifacts into android_demo / ios_demo with a manifest")
     s.add_argument("artifacts", nargs="+", metavar="ARTIFACT", help=".pte, .tflite or .mlpackage with its sidecar")
