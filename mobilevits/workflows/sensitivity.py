@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import create_model, get_model_info
+from .. import create_model
 from ..base import Normalize, reparameterize_model
 
 
@@ -57,19 +57,14 @@ def sensitivity(
     ``weights``: a trained checkpoint (on random init every group looks alike); ``data``: ``digits``, ``photos``
     or a folder (labelled data adds top-1); ``limit`` images are evaluated, the first ``calibration`` calibrate.
     """
-    from converters import calibrate_and_quantize, get_converter, keep_float_modules, quiet, sqnr_db
+    from converters import calibrate_and_quantize, keep_float_modules, quiet, sqnr_db
 
     from ..data import load_data
     from ..weights import load_weights
-    from .training import outputs
+    from .training import int8_target, outputs
 
     log = log or (lambda s: None)
-    conv = get_converter(backend)
-    if "int8" not in conv.precisions:
-        raise ValueError(f"{backend} has no int8 path")
-    info = get_model_info(model)
-    resolution = info.default_resolution if resolution is None else resolution
-    info.check_resolution(resolution)
+    conv, resolution = int8_target(model, backend, resolution)
     probe = create_model(model, resolution=resolution)
     ds = load_data(data, probe.preprocess, limit=limit)
     num_classes = len(ds.classes) if ds.classes else 1000

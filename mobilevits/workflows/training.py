@@ -568,6 +568,20 @@ def _qat_ready(net: nn.Module) -> nn.Module:
     return net
 
 
+def int8_target(model: str, backend: str, resolution: int | None) -> tuple[Any, int]:
+    """(the backend's converter, the resolution) for int8 work on ``model``: refuses a backend without int8 and a
+    resolution the model does not take."""
+    from converters import get_converter
+
+    conv = get_converter(backend)
+    if "int8" not in conv.precisions:
+        raise ValueError(f"{backend} has no int8 path")
+    info = get_model_info(model)
+    resolution = info.default_resolution if resolution is None else resolution
+    info.check_resolution(resolution)
+    return conv, resolution
+
+
 def _teacher_source(spec: str) -> tuple[str, str | Path] | None:
     """(architecture, weights) of a ``--teacher`` spec, or None for ``self``; checked before any training."""
     from ..hub import is_hub_id
@@ -685,7 +699,6 @@ def qat(
     from converters import (
         calibrate_and_quantize,
         convert,
-        get_converter,
         keep_float_modules,
         quiet,
         run_artifact,
@@ -696,12 +709,7 @@ def qat(
     dev = resolve_device(device)
     amp = check_amp(amp, dev)
     model, weights = _hub_as_weights(model, weights)
-    conv = get_converter(backend)
-    if "int8" not in conv.precisions:
-        raise ValueError(f"{backend} has no int8 path")
-    info = get_model_info(model)
-    resolution = info.default_resolution if resolution is None else resolution
-    info.check_resolution(resolution)
+    conv, resolution = int8_target(model, backend, resolution)
     out = Path(out)
     notes = []
     float_result = None
