@@ -6,7 +6,8 @@
 Generates ImageFolders (10 classes; 160 px JPEG crops of scikit-image's photos, a random 30-100% of each side,
 half mirrored; fixed by the seed; kept in --out and reused), then runs ``mobilevits train MODEL --data DIR --epochs
 1 --workers W --json`` in a fresh process per cell and samples, every 50 ms, the resident memory of that process
-and its DataLoader workers (/proc: VmRSS summed over the tree, and the main process's VmHWM). Throughput is the
+and its DataLoader workers (/proc: proportional set size summed over the tree, so pages the workers share with
+the main process count once, and the main process's VmHWM, its peak RSS). Throughput is the
 epoch's training images over its training seconds (``history[0]``: batches only, evaluation excluded). Raw results
 go to ``benchmarks/results/streaming_data.json``.
 """
@@ -58,9 +59,9 @@ def make_folder(root: Path, count: int, side: int = 160, seed: int = 0) -> Path:
     return root
 
 
-def _status_kb(pid: int, field: str) -> int:
+def _status_kb(pid: int, field: str, source: str = "status") -> int:
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        for line in Path(f"/proc/{pid}/{source}").read_text().splitlines():
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     except (OSError, ValueError):
@@ -94,7 +95,8 @@ def run_cell(model: str, data: Path, resolution: int, workers: int, out: Path) -
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     peak_tree, hwm = 0, 0
     while proc.poll() is None:
-        peak_tree = max(peak_tree, sum(_status_kb(p, "VmRSS") for p in _tree(proc.pid)))
+        # proportional set size: the workers share torch's pages with the main process, RSS would count them twice
+        peak_tree = max(peak_tree, sum(_status_kb(p, "Pss", "smaps_rollup") for p in _tree(proc.pid)))
         hwm = max(hwm, _status_kb(proc.pid, "VmHWM"))
         time.sleep(0.05)
     stdout = proc.stdout.read() if proc.stdout else ""
@@ -110,7 +112,7 @@ def run_cell(model: str, data: Path, resolution: int, workers: int, out: Path) -
 
 def table(rows: list[dict]) -> list[str]:
     lines = ["| images | workers | train images/s | epoch s (with evaluation) | peak RSS, main process MB | "
-             "peak RSS, with workers MB |", "|---:|---:|---:|---:|---:|---:|"]
+             "peak PSS, with workers MB |", "|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['images']} | {r['workers']} | {r['images_per_s']:.1f} | {r['epoch_seconds']:.0f} | "
                      f"{r['peak_main_mb']:.0f} | {r['peak_tree_mb']:.0f} |")
