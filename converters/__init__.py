@@ -33,6 +33,7 @@ from .pipeline import (
     calibrate_and_quantize,
     check_artifact,
     convert,
+    open_artifact,
     quantized_reference,
     read_sidecar,
     run_artifact,
@@ -44,7 +45,7 @@ __all__ = [
     "SIDECAR_FORMAT", "ConversionError", "Converter", "Delegation", "RuntimeUnavailableError", "Session",
     "UnsupportedError", "artifact_stem", "atomic_replace", "atomic_write_text", "backends", "build_source",
     "calibrate_and_quantize", "check_artifact", "compare", "convert", "convert_many", "get_converter",
-    "keep_float_modules", "precisions", "quantized_reference", "quiet", "read_sidecar", "register_converter",
-    "remove_path", "run_artifact", "sidecar_path", "sqnr_db", "tool_versions", "topk_agreement", "usable_cores",
-    "write_sidecar",
+    "keep_float_modules", "open_artifact", "precisions", "quantized_reference", "quiet", "read_sidecar",
+    "register_converter", "remove_path", "run_artifact", "sidecar_path", "sqnr_db", "tool_versions",
+    "topk_agreement", "usable_cores", "write_sidecar",
 ]

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -14,7 +15,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -764,16 +765,26 @@ def _check_once(artifact: str | Path, data: str, limit: int | None, threads: int
     return result
 
 
-def run_artifact(artifact: str | Path, x: np.ndarray, threads: int = 1) -> np.ndarray:
-    """(N, classes) logits of an artifact on this host: its runtime, or for a Core ML package on a host
-    without Core ML, the NumPy MIL executor (the numerics ``check`` judges)."""
+@contextlib.contextmanager
+def open_artifact(artifact: str | Path, threads: int = 1) -> Iterator[Callable[[np.ndarray], np.ndarray]]:
+    """An artifact loaded once on this host, as a function (N, 3, R, R) -> (N, classes) logits: its runtime, or for
+    a Core ML package on a host without Core ML, the NumPy MIL executor (the numerics ``check`` judges)."""
     meta = read_sidecar(artifact)
     conv = get_converter(meta["backend"])
     if conv.runtime_availability()[0] or meta["backend"] != "coreml":
-        return conv.run(Path(artifact), x, threads=threads)
+        with conv.open(Path(artifact), threads) as session:
+            yield session.run
+        return
     from .mil_executor import load_mlpackage
 
-    return _run_mil(load_mlpackage(artifact), conv, x)
+    program = load_mlpackage(artifact)
+    yield lambda x: _run_mil(program, conv, x)
+
+
+def run_artifact(artifact: str | Path, x: np.ndarray, threads: int = 1) -> np.ndarray:
+    """(N, classes) logits of an artifact on this host (see :func:`open_artifact`)."""
+    with open_artifact(artifact, threads) as run:
+        return run(x)
 
 
 def _run_per_image(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:

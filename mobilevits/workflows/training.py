@@ -700,8 +700,8 @@ def qat(
         calibrate_and_quantize,
         convert,
         keep_float_modules,
+        open_artifact,
         quiet,
-        run_artifact,
         sqnr_db,
     )
 
@@ -848,7 +848,8 @@ def qat(
     artifact = Path(result_convert["artifact"])
     check = result_convert["check"] or {}
     # the host runtime, or for Core ML off macOS the NumPy MIL executor (the numerics check judges)
-    artifact_logits, labels = outputs(lambda x: run_artifact(artifact, x.numpy()), split.val, workers=workers)
+    with open_artifact(artifact) as run:  # loaded once, fed the validation set batch by batch
+        artifact_logits, labels = outputs(lambda x: run(x.numpy()), split.val, workers=workers)
     hits["artifact"] = artifact_logits.argmax(1) == labels
     ledger["artifact_top1"] = float(hits["artifact"].mean())
     ledger.update(ledger_steps(hits))
