@@ -125,3 +125,37 @@ def test_digits_refuse_mirroring():
     with pytest.raises(td.DataError, match="mirrored digit"):
         td.load_split("digits", PP, augment="crop-flip")
     assert isinstance(td.load_split("digits", PP).train, td.TensorSamples)
+
+
+def test_calibration_images_of_a_train_folder_cover_every_class(tmp_path):
+    # DIR/train lists its items class by class: the first few images would all be class 0
+    _folder(tmp_path / "train", per_class=8)
+    _folder(tmp_path / "val", per_class=2)
+    split = td.load_split(str(tmp_path), PP, augment="none")
+    x = td.first_images(split.train, 6)
+    labels = split.train.labels
+    picked = td.spread_indices(len(split.train))[:6]
+    assert x.shape == (6, 3, 32, 32) and torch.equal(x[0], split.train[picked[0]][0])
+    assert len(set(labels[picked].tolist())) == 3
+
+
+def test_batchnorm_statistics_are_recomputed_on_evaluation_images_with_the_rest_in_eval():
+    from mobilevits.data import ImageSet
+    from mobilevits.workflows.training import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 4, 3)
+    net = torch.nn.Sequential(conv, torch.nn.BatchNorm2d(4), torch.nn.Dropout(0.5), torch.nn.Flatten())
+    bn = net[1]
+    bn.running_mean.fill_(5.0)  # stale statistics, as after a short fine-tune on augmented crops
+    bn.running_var.fill_(9.0)
+    images = torch.rand(100, 3, 8, 8)
+    ds = td.TensorSamples(ImageSet(images, torch.zeros(100, dtype=torch.long), ["a"], "test"))
+    assert recalibrate_batchnorm(net, ds, count=96, batch_size=32) == 96  # equal batches: their mean is the mean
+    with torch.no_grad():
+        used = images[td.spread_indices(100)[:96]]
+        feats = conv(used)  # (96, 4, 6, 6)
+    torch.testing.assert_close(bn.running_mean, feats.mean((0, 2, 3)), atol=1e-5, rtol=1e-5)
+    assert bn.momentum == 0.1 and not net.training and not bn.training
+    # a network without BatchNorm is left alone
+    assert recalibrate_batchnorm(torch.nn.Sequential(torch.nn.Flatten()), ds) == 0

@@ -8,8 +8,10 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+import mobilevits
 from mobilevits.workflows import compute
 from mobilevits.workflows.training import CHECKPOINT, OtherRunError, load_into_twin, qat_graphs, train
 
@@ -166,3 +168,73 @@ def test_a_teacher_without_usable_weights_is_refused_before_training(spec, messa
     lines = [s for s in r.stderr.splitlines() if s.strip()]
     assert r.returncode == 2 and len(lines) == 1 and message in lines[0], r.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_hard_distillation_trains_the_distillation_head_on_the_teachers_top_class():
+    from mobilevits.workflows.training import Recipe, training_loss
+
+    torch.manual_seed(0)
+    head = torch.randn(6, 10, requires_grad=True)
+    head_dist = torch.randn(6, 10, requires_grad=True)
+    labels, teacher = torch.randint(0, 10, (6,)), torch.randn(6, 10)
+    hard = Recipe(distillation="hard", kd_alpha=0.3, label_smoothing=0.1)
+    loss = training_loss((head, head_dist), labels, teacher, hard)
+    expected = 0.7 * F.cross_entropy(head, labels, label_smoothing=0.1) + 0.3 * F.cross_entropy(
+        head_dist, teacher.argmax(1))
+    torch.testing.assert_close(loss, expected)
+    # the labels reach only the class head and the teacher only the distillation head
+    only_teacher = training_loss((head, head_dist), labels, teacher, Recipe(distillation="hard", kd_alpha=1.0))
+    g_head, g_dist = torch.autograd.grad(only_teacher, [head, head_dist])
+    assert g_head.abs().max() == 0 and g_dist.abs().max() > 0
+    # soft distillation and no teacher act on the pair's average, which is what the model answers
+    avg = (head + head_dist) * 0.5
+    torch.testing.assert_close(training_loss((head, head_dist), labels, None, hard),
+                               F.cross_entropy(avg, labels, label_smoothing=0.1))
+    soft = Recipe(kd_alpha=0.5, kd_temperature=2.0, label_smoothing=0.0)
+    from mobilevits.workflows.training import distillation_loss
+
+    torch.testing.assert_close(training_loss((head, head_dist), labels, teacher, soft),
+                               0.5 * F.cross_entropy(avg, labels) + 0.5 * distillation_loss(avg, teacher, 2.0))
+
+
+def test_a_graph_returning_both_heads_is_made_to_return_their_average():
+    from mobilevits.workflows.training import _average_heads_in_graph
+
+    torch.manual_seed(0)
+    model = mobilevits.create_model("levit_tiny", num_classes=10, resolution=128).eval()
+    x = torch.rand(2, 3, 128, 128)
+    model.both_heads = True
+    graph = torch.export.export(model, (x,)).module()
+    head, head_dist = graph(x)
+    assert not torch.equal(head, head_dist)
+    averaged = _average_heads_in_graph(graph)
+    model.both_heads = False
+    torch.testing.assert_close(averaged(x), model(x))
+    torch.testing.assert_close(torch.export.export(averaged, (x,)).module()(x), (head + head_dist) * 0.5)
+
+
+@pytest.mark.slow
+def test_hard_distillation_qat_trains_both_heads_and_the_mixed_artifact_answers_their_average(tmp_path):
+    from mobilevits.workflows.training import qat
+
+    # distilled DeiT (its distillation token feeds head_dist), small enough to train to a meaningful int8 check;
+    # mixed precision too: both heads kept in float
+    r = qat("deit_test", backend="tflite", resolution=96, epochs=1, float_epochs=12, out=tmp_path,
+            show_progress=False, log=lambda s: None, teacher="self", distillation="hard", keep_float=["head*"])
+    led = r["ledger"]
+    assert led["float_top1"] > 0.5 and led["distillation"] == "hard" and led["qat_kd_int8_top1"] is not None
+    # the mixed model's ledger names what stayed float and how fast the artifact runs on this host
+    assert led["keep_float"] == ["head*"] and any("kept in float" in n for n in r["notes"])
+    assert led["latency"]["median_ms"] > 0 and led["latency"]["threads"] == 1
+    # the distilled graph returned both heads while training; the converted reference returns one (B, C) answer
+    ref = torch.export.load(r["reference"]).module()
+    out = ref(torch.rand(1, 3, 96, 96))  # exported at batch 1
+    assert isinstance(out, torch.Tensor) and out.shape == (1, 10)
+    # the artifact computes what the quantised graph computes (the int8 rule), so it averages the heads too
+    assert r["check"]["passed"], r["check"].get("rule_note")
+    assert abs(led["steps"]["artifact_vs_quantized"]["difference"]) <= 0.015
+    # the two runs start from the same weights and batches: the hard term moved the distillation head apart
+    plain = torch.load(tmp_path / "without_teacher" / "checkpoint.pt", weights_only=True)["module"]
+    kd = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["module"]
+    dist = [k for k in kd if "head_dist" in k and k.endswith("weight") and kd[k].is_floating_point()]
+    assert dist and any(not torch.equal(plain[k], kd[k]) for k in dist)

@@ -221,6 +221,7 @@ class DeiT(ImageClassifier):
     Distilled: ``head`` is trained on the labels and ``head_dist`` on a teacher's hard labels; ``forward``
     returns their average, in eval and (by default) in training; set ``distilled_training = True`` to get the
     pair ``(head, head_dist)`` in training mode instead.
+    ``both_heads = True`` returns the pair in every mode.
     """
 
     family = FAMILY
@@ -232,6 +233,8 @@ class DeiT(ImageClassifier):
         self.cfg, self.num_classes, self.resolution = cfg, num_classes, resolution
         self.preprocess = Preprocess(resolution=resolution)
         self.distilled_training = False
+        # both heads' logits in any mode: hard distillation of a QAT graph, exported from eval-mode code
+        self.both_heads = False
         c = cfg.embed_dim
         self.grid = resolution // cfg.patch_size
         self.num_prefix = 2 if cfg.distilled else 1
@@ -268,7 +271,7 @@ class DeiT(ImageClassifier):
         if self.head_dist is None:
             return logits
         logits_dist = self.head_dist(self.head_drop(x[:, 1:2].flatten(1)))
-        if self.training and self.distilled_training:
+        if self.both_heads or (self.training and self.distilled_training):
             return logits, logits_dist
         return (logits + logits_dist) * 0.5
 

@@ -300,6 +300,7 @@ class LeViT(ImageClassifier):
     ``head`` is trained on the labels and ``head_dist`` on a teacher's hard labels (DeiT-style
     distillation). ``forward`` returns their average, in eval and (by default) in training; set
     ``distilled_training = True`` to get the pair ``(head, head_dist)`` in training mode instead.
+    ``both_heads = True`` returns the pair in every mode.
     """
 
     family = FAMILY
@@ -310,6 +311,8 @@ class LeViT(ImageClassifier):
         # The official eval transform (DeiT's: resize 256/224, bicubic); timm lists crop 0.9.
         self.preprocess = Preprocess(resolution=resolution, crop_pct=0.875, interpolation="bicubic")
         self.distilled_training = False
+        # both heads' logits in any mode: hard distillation of a QAT graph, exported from eval-mode code
+        self.both_heads = False
         c = cfg.embed_dims
         # Patch stem: 4 x (conv3x3 s2 + BN), hswish between: 3 -> C/8 -> C/4 -> C/2 -> C, stride 16.
         chs = (3, c[0] // 8, c[0] // 4, c[0] // 2, c[0])
@@ -345,7 +348,7 @@ class LeViT(ImageClassifier):
         # Token mean as a 4-D mean over (2, 3): the form XNNPACK takes.
         x = x.mean((2, 3), keepdim=True).flatten(1)  # (B, C2)
         logits, logits_dist = self.head(x), self.head_dist(x)
-        if self.training and self.distilled_training:
+        if self.both_heads or (self.training and self.distilled_training):
             return logits, logits_dist
         return (logits + logits_dist) * 0.5  # a float scalar: an int divisor exports as a cast outside XNNPACK
 

@@ -95,6 +95,22 @@ def _timed_loop(step: Callable[[], Any], warmup: int, iterations: int) -> list[f
     return samples
 
 
+def host_latency(artifact: str | Path, x: np.ndarray, runs: int = 30, warmup: int = 3) -> dict[str, Any] | None:
+    """One artifact's latency on this host, one thread, input ``x`` (1, 3, R, R): median and p90 of ``runs`` timed
+    inferences after ``warmup``; None when this host has no runtime for it (Core ML off macOS). For a figure next
+    to an accuracy (the QAT ledger); comparisons between artifacts belong in one :func:`bench` run."""
+    from converters import get_converter, read_sidecar
+
+    conv = get_converter(read_sidecar(artifact)["backend"])
+    if not conv.runtime_availability()[0]:
+        return None
+    xc = np.ascontiguousarray(x, dtype=np.float32)
+    with conv.open(Path(artifact), threads=1) as session:
+        s = statistics(_timed_loop(lambda: session.run(xc), warmup, runs))
+    return {"median_ms": round(s["median_ms"], 3), "p90_ms": round(s["p90_ms"], 3), "runs": runs, "threads": 1,
+            "host": platform.processor() or platform.machine()}
+
+
 def _host_torch(cell: dict[str, Any], x: np.ndarray, warmup: int, iterations: int) -> dict[str, Any]:
     import torch
 

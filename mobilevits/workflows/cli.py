@@ -244,7 +244,7 @@ def cmd_qat(args: argparse.Namespace) -> int:
                  float_epochs=args.float_epochs, convert_artifact=not args.no_convert, show_progress=not args.json,
                  log=_logger(args.json), keep_float=_names(args.keep_float), augment=args.augment,
                  workers=args.workers, device=args.device, amp=args.amp, teacher=args.teacher,
-                 kd_alpha=args.kd_alpha, kd_temperature=args.kd_temperature)
+                 kd_alpha=args.kd_alpha, kd_temperature=args.kd_temperature, distillation=args.distillation)
     if args.json:
         print(to_json({k: result[k] for k in ("ledger", "artifact", "checkpoint", "weights", "reference", "notes",
                                               "check", "train_data", "val_data", "skipped", "device", "amp")}))
@@ -606,6 +606,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "it and the ledger shows both")
     s.add_argument("--kd-alpha", type=float, help="weight of the distillation term (default 0.5)")
     s.add_argument("--kd-temperature", type=float, help="softening temperature of the logits (default 2)")
+    s.add_argument("--distillation", choices=("soft", "hard"),
+                   help="soft: KL on softened logits (default); hard: cross-entropy with the teacher's top class, "
+                        "through the distillation head of LeViT and distilled DeiT (DeiT-style)")
     s.set_defaults(func=cmd_qat)
 
     s = sub.add_parser("sensitivity", help="int8 cost of each op group quantised alone (rank, --keep-float advice)")

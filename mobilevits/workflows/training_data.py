@@ -277,14 +277,21 @@ def eval_batches(n: int, batch_size: int) -> list[list[int]]:
     return [list(range(i, min(n, i + batch_size))) for i in range(0, n, batch_size)]
 
 
+def spread_indices(n: int, seed: int = 0) -> list[int]:
+    """All indices of a set of ``n`` in a fixed shuffled order: a prefix of it samples every class (a folder's
+    items are sorted by class)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+
+
 def first_images(ds: Samples, count: int, skipped: Skipped | None = None) -> torch.Tensor:
-    """The first ``count`` readable images of ``ds`` with evaluation preprocessing: (count, 3, R, R), for
-    calibration and export examples."""
+    """``count`` readable images of ``ds`` with evaluation preprocessing, spread over its classes: (count, 3, R, R),
+    for calibration and export examples. In-memory sets (digits, already stratified) give their first ``count``;
+    a folder gives the first readable ones in :func:`spread_indices` order."""
     ev = ds.for_eval()
     if isinstance(ev, TensorSamples):
         return ev.images[:count]
     out: list[torch.Tensor] = []
-    for i in range(len(ev)):
+    for i in spread_indices(len(ev)):
         x, _, path = ev[i]
         if x is None:
             if skipped is not None:
