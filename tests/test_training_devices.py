@@ -170,6 +170,15 @@ def test_a_teacher_without_usable_weights_is_refused_before_training(spec, messa
     assert not (tmp_path / "run").exists()
 
 
+def test_distillation_without_a_teacher_is_refused_before_training(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "mobilevits", "qat", MODEL, "--backend", "executorch",
+                        "--distillation", "hard", "--resolution", str(RES), "--out", str(tmp_path / "run")],
+                       capture_output=True, text=True)
+    lines = [s for s in r.stderr.splitlines() if s.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and "add --teacher" in lines[0], r.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_hard_distillation_trains_the_distillation_head_on_the_teachers_top_class():
     from mobilevits.workflows.training import Recipe, training_loss
 
