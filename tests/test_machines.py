@@ -170,8 +170,9 @@ def test_instruction_counts_repeat_whatever_the_machine_does(needs, artifact):
     pte = artifact("mobilenetv3_tiny", "executorch", "fp32")["artifact"]
     a, b = count_instructions(pte), count_instructions(pte)
     assert a["instructions_per_forward"] > 1e5
-    # not bit-equal: the thread pool and allocator take slightly different paths run to run
-    assert abs(a["instructions_per_forward"] - b["instructions_per_forward"]) < 0.005 * a["instructions_per_forward"]
+    # not bit-equal: the thread pool and allocator take slightly different paths run to run; seen up to 0.8% apart
+    # in CI beside another test worker (2026-12-07), where ratios the benchmarks compare differ by 10% and more
+    assert abs(a["instructions_per_forward"] - b["instructions_per_forward"]) < 0.02 * a["instructions_per_forward"]
 
 
 def test_profile_cli_on_qemu_is_labelled_and_rejects_other_formats(qemu, artifact, tmp_path):

@@ -109,8 +109,8 @@ def profile_artifact(artifact: str | Path, device: str = "host", threads: int = 
 
 def count_instructions(artifact: str | Path, threads: int = 1, seed: int = 0) -> dict[str, Any]:
     """Instructions retired per forward by the host build of the runner, counted by valgrind (callgrind):
-    a cost figure that machine load cannot move. Two runs (1 and 3 timed forwards) cancel the load and
-    the first inference: per forward = (I3 - I1) / 2."""
+    a cost figure that machine load barely moves (two counts of one program agree within about 1%). Two runs
+    (1 and 3 timed forwards) cancel the load and the first inference: per forward = (I3 - I1) / 2."""
     from converters import RuntimeUnavailableError
 
     from .native import build_runner
