@@ -409,15 +409,14 @@ def training_loss(out: torch.Tensor | tuple[torch.Tensor, torch.Tensor], labels:
     the logits (the pair's average). Hard (DeiT, Touvron et al. 2021, Section 4): ``(1 - a) CE(head, labels) +
     a CE(head_dist, teacher arg-max)``; a model with one head takes both terms on that head.
     """
-    pair = isinstance(out, tuple | list)
-    head, head_dist = (out[0].float(), out[1].float()) if pair else (out.float(), out.float())
-    if teacher_logits is None:
-        return F.cross_entropy(head_average(out).float(), labels, label_smoothing=recipe.label_smoothing)
     a = recipe.kd_alpha
-    if recipe.distillation == "hard":
-        return (1 - a) * F.cross_entropy(head, labels, label_smoothing=recipe.label_smoothing) \
-            + a * F.cross_entropy(head_dist, teacher_logits.argmax(1))
+    if teacher_logits is not None and recipe.distillation == "hard":
+        head, head_dist = out if isinstance(out, tuple | list) else (out, out)
+        return (1 - a) * F.cross_entropy(head.float(), labels, label_smoothing=recipe.label_smoothing) \
+            + a * F.cross_entropy(head_dist.float(), teacher_logits.argmax(1))
     logits = head_average(out).float()
+    if teacher_logits is None:
+        return F.cross_entropy(logits, labels, label_smoothing=recipe.label_smoothing)
     return (1 - a) * F.cross_entropy(logits, labels, label_smoothing=recipe.label_smoothing) \
         + a * distillation_loss(logits, teacher_logits.float(), recipe.kd_temperature)
 
@@ -928,7 +927,8 @@ def qat(
     hits["converted_qat"] = hits["qat_kd" if teacher else "qat"]
     with quiet():
         quantized = convert_pt2e(prepared, fold_quantize=conv.fold_quantize)
-        if isinstance(quantized(first_images(split.val, 1)), tuple | list):
+        x1 = first_images(split.val, 1)  # (1, 3, R, R): the export example, decoded once
+        if isinstance(quantized(x1), tuple | list):
             # hard distillation trained both heads: the artifact returns their average, as the float model does
             quantized = _average_heads_in_graph(quantized)
     quantized_logits, labels = outputs(quantized, split.val, workers=workers)
@@ -940,7 +940,6 @@ def qat(
     log(f"quantised graph (convert_pt2e) top-1 {100 * ledger['quantized_top1']:.1f}% "
         f"(logits {ledger['convert_sqnr_db']:.1f} dB from fake-quant)")
     with quiet():
-        x1 = first_images(split.val, 1)
         reference = out / f"{model}_{resolution}_{backend}_int8.qat.pt2"
         tmp = reference.with_name("." + reference.name + ".partial")
         torch.export.save(torch.export.export(quantized, (x1,)), str(tmp))
