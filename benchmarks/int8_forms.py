@@ -1,12 +1,15 @@
 """int8 that pays (issue #19): int8 / fp32 latency per model and backend, before and after the int8 deploy forms.
 
-    .venv/bin/python benchmarks/int8_forms.py [--models ...] [--backends executorch,tflite] [--rounds 3]
+    .venv/bin/python benchmarks/int8_forms.py [--models all|m1,m2] [--backends executorch,tflite] [--rounds 3]
+                                              [--after default|rewrites]
 
 For each model and backend it converts (or reuses, from ``--out``) three artifacts: fp32; int8 with the one-kernel
 forms (``hardswish=native``, ``dyrelu=max``: a hardswish / maximum kernel, which ExecuTorch's XNNPACK runs in fp32
 between a dequantise and a quantise, and LiteRT runs outside its delegate: the forms before issue #19); and int8
-with the int8 rewrites (``hardswish=int8``, ``dyrelu=relu``). Which one each backend now takes by default was
-decided from this table (``Converter.prepare_model``). Every int8 artifact is checked under
+"after": with ``--after rewrites`` the int8 rewrites (``hardswish=int8``, ``dyrelu=relu``), from which each
+backend's default was decided (``Converter.prepare_model``); with ``--after default`` (the default) the forms each
+backend now takes, so the table shows what a user gets. Where "after" is the same program as "before" it is
+converted once. Every int8 artifact is checked under
 the int8 rule. All artifacts are then timed side by side in one process (``mobilevits bench``: one thread,
 cells shuffled, ``--rounds`` sessions, median of session medians), and each ExecuTorch int8 program is
 profiled through the native runner (int8<->fp32 Converts, operator kinds still in fp32). Writes
@@ -40,6 +43,12 @@ def artifact(model: str, backend: str, variant: str, out: Path) -> Path:
     precision = "fp32" if variant == "fp32" else "int8"
     if variant == "int8-before" and not _has_kinds(model, BEFORE):
         return artifact(model, backend, "int8-after", out)  # nothing to reformulate: one program serves both
+    if variant == "int8-default":
+        forms = default_forms(model, backend)
+        if forms == _forms_of(model, BEFORE):
+            return artifact(model, backend, "int8-before", out)  # the backend kept the one-kernel forms
+        if forms == _forms_of(model, AFTER):
+            return artifact(model, backend, "int8-after", out)
     folder = out / variant
     existing = sorted(folder.glob(f"{model}_*_{backend}_{precision}{SUFFIX[backend]}"))
     if existing and Path(str(existing[0]) + ".json").is_file():
@@ -48,7 +57,7 @@ def artifact(model: str, backend: str, variant: str, out: Path) -> Path:
         return existing[0]
     t0 = time.time()
     r = convert(model, to=backend, precision=precision, out=folder, check=precision == "int8",
-                forms={"int8-before": BEFORE, "int8-after": AFTER}.get(variant), show_progress=False)
+                forms={"int8-before": BEFORE, "int8-after": AFTER}.get(variant), show_progress=False)  # default: None
     print(f"  converted {model} {backend} {variant} in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
     return Path(r["artifact"])
 
@@ -61,6 +70,24 @@ def _has_kinds(model: str, forms: dict[str, str]) -> bool:
     return bool(set(deploy_forms(mobilevits.create_model(model))) & set(forms))
 
 
+def default_forms(model: str, backend: str) -> dict[str, str]:
+    """The deploy forms ``backend`` gives ``model`` in int8 by default (its ``prepare_model``), by kind."""
+    import mobilevits
+    from converters import get_converter
+    from mobilevits.layers import deploy_forms
+
+    m = get_converter(backend).prepare_model(mobilevits.create_model(model), "int8")
+    return {k: v for k, v in deploy_forms(m).items() if k in BEFORE}
+
+
+def _forms_of(model: str, forms: dict[str, str]) -> dict[str, str]:
+    """``forms`` restricted to the kinds ``model`` has."""
+    import mobilevits
+    from mobilevits.layers import deploy_forms
+
+    return {k: forms[k] for k in deploy_forms(mobilevits.create_model(model)) if k in forms}
+
+
 def outside(meta: dict) -> str:
     """Operators an int8 artifact runs outside int8: TFLite's ops outside its delegate (from the sidecar)."""
     ops = (meta.get("delegation") or {}).get("not_delegated_ops") or {}
@@ -69,18 +96,25 @@ def outside(meta: dict) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default=MODELS)
+    ap.add_argument("--models", default=MODELS, help="comma-separated, or 'all' (every listed model)")
+    ap.add_argument("--after", choices=("default", "rewrites"), default="default",
+                    help="int8 'after': the forms each backend now takes, or the int8 rewrites everywhere")
     ap.add_argument("--backends", default="executorch,tflite")
     ap.add_argument("--rounds", type=int, default=3, help="bench sessions, cells shuffled in each")
     ap.add_argument("--iterations", type=int, default=30)
     ap.add_argument("--out", type=Path, default=ROOT / "out/int8_forms")
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/int8_forms.json")
     args = ap.parse_args()
+    if args.models == "all":
+        import mobilevits
+
+        args.models = ",".join(mobilevits.list_models())
     models, backends = args.models.split(","), args.backends.split(",")
+    after = "int8-after" if args.after == "rewrites" else "int8-default"
     arts: dict[tuple[str, str, str], Path] = {}
     for model in models:
         for backend in backends:
-            for variant in ("fp32", "int8-before", "int8-after"):
+            for variant in ("fp32", "int8-before", after):
                 arts[(model, backend, variant)] = artifact(model, backend, variant, args.out)
     # side by side: every artifact in each session, shuffled; median of the session medians
     medians: dict[str, list[float]] = {str(p): [] for p in arts.values()}
@@ -105,7 +139,7 @@ def main() -> int:
                                  if "F32" in k["kind"] and not k["kind"].startswith("Convert")]
         rows.append(row)
     doc = {"environment": host_environment(), "date": time.strftime("%Y-%m-%d"), "rounds": args.rounds,
-           "iterations": args.iterations, "rows": rows}
+           "iterations": args.iterations, "after": args.after, "rows": rows}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.json, json.dumps(doc, indent=1) + "\n")
     by = {(r["model"], r["backend"], r["variant"]): r for r in rows}
@@ -114,7 +148,7 @@ def main() -> int:
     print("|---|---|---:|---:|---:|---|---|")
     for model in models:
         for backend in backends:
-            f, b, a = (by[(model, backend, v)] for v in ("fp32", "int8-before", "int8-after"))
+            f, b, a = (by[(model, backend, v)] for v in ("fp32", "int8-before", after))
             if backend == "executorch":
                 still = f"{b['converts']} -> {a['converts']} Converts ({100 * a['convert_share']:.0f}% of time)"
             else:
@@ -126,10 +160,17 @@ def main() -> int:
     print("| model | fp32 operator kinds (count, share) |")
     print("|---|---|")
     for model in models:
-        a = by.get((model, "executorch", "int8-after"))
+        a = by.get((model, "executorch", after))
         if a:
             kinds = ", ".join(f"{k['kind']} x{k['count']} {100 * k['share']:.0f}%" for k in a["fp32_kinds"][:5])
             print(f"| {model} | {kinds or 'none'} |")
+    if set(backends) >= {"executorch", "tflite"}:
+        print("\nfp32, ExecuTorch against LiteRT (same side-by-side sessions)")
+        print("| model | ExecuTorch fp32 ms | LiteRT fp32 ms | ET / LiteRT |")
+        print("|---|---:|---:|---:|")
+        for model in models:
+            e, t = by[(model, "executorch", "fp32")]["ms"], by[(model, "tflite", "fp32")]["ms"]
+            print(f"| {model} | {e:.2f} | {t:.2f} | {e / t:.2f} |")
     return 0
 
 

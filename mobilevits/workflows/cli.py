@@ -202,12 +202,15 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from .profile import format_profile, profile_artifact, write_profile_plot
     from .report import to_json
 
-    result = profile_artifact(args.artifact, device=args.device, threads=args.threads, warmup=args.warmup,
-                              iterations=args.iterations, etdump=args.etdump)
-    if args.instructions:
+    instructions = None
+    if args.instructions:  # first: its refusals (device, threads) come before the profile's run
         from .profile import count_instructions
 
-        result["instructions"] = count_instructions(args.artifact, threads=args.threads)
+        instructions = count_instructions(args.artifact, threads=args.threads, device=args.device)
+    result = profile_artifact(args.artifact, device=args.device, threads=args.threads, warmup=args.warmup,
+                              iterations=args.iterations, etdump=args.etdump)
+    if instructions:
+        result["instructions"] = instructions
     if args.plot:
         result["plot"] = str(write_profile_plot(result, args.plot))
     print(to_json(result) if args.json else format_profile(result))
@@ -558,7 +561,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--iterations", type=_positive_int, default=5)
     s.add_argument("--etdump", help="also keep the ETDump at this path")
     s.add_argument("--instructions", action="store_true",
-                   help="also count instructions per forward under valgrind (host build; repeatable, load-proof)")
+                   help="also count instructions per forward (repeatable, load-proof): under valgrind on host, "
+                        "with a qemu plugin on qemu-arm64")
     s.add_argument("--plot", help="write a PNG of the slowest operator kinds")
     s.add_argument("--json", action="store_true", help="print one JSON object for machines")
     s.set_defaults(func=cmd_profile)

@@ -226,12 +226,14 @@ class QemuArm64(LocalDevice):
                               f"-cpu max wrongly (measured: 3-11 dB vs the host's output, right on qemu 10.0.2): use "
                               f"qemu-arm64:max,sme=off, or a qemu-aarch64 >= 10 in $MOBILEVITS_QEMU")
         self.spec = f"qemu-arm64:{self.cpu}"
+        self.plugins: list[str] = []  # `-plugin` arguments (file,arg=value) for the next runs
 
     def _prefix(self, env: dict[str, str]) -> list[str]:
         # the guest's environment goes through -E: set on qemu's own process, LD_LIBRARY_PATH would
         # point the host's loader at aarch64 libraries
         sets = [a for k, v in env.items() for a in ("-E", f"{k}={v}")]
-        return [self.qemu, "-L", str(QEMU_SYSROOT), "-cpu", self.cpu, *sets]
+        plugins = [a for spec in self.plugins for a in ("-plugin", spec)]
+        return [self.qemu, "-L", str(QEMU_SYSROOT), "-cpu", self.cpu, *plugins, *sets]
 
     def info(self) -> dict[str, Any]:
         v = _qemu_says("--version").splitlines()

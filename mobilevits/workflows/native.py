@@ -24,6 +24,7 @@ from typing import Any
 from converters import RuntimeUnavailableError
 
 SRC = Path(__file__).resolve().parent / "runner_src" / "executorch"
+ICOUNT_SRC = Path(__file__).resolve().parent / "runner_src" / "qemu_icount" / "icount.c"
 LIBS = ("executorch", "executorch_backend_xnnpack", "executorch_kernels_optimized", "executorch_kernels_quantized",
         "executorch_threadpool", "executorch_etdump")
 # target -> (compiler, Debian package that provides it, pip platform tag of the executorch wheel)
@@ -179,6 +180,29 @@ def build_runner(target: str = "host", force: bool = False, log: Any = None) -> 
     except OSError:  # a concurrent build of the same key finished first
         shutil.rmtree(tmp, ignore_errors=True)
     return bundle
+
+
+def build_icount_plugin(force: bool = False) -> Path:
+    """The qemu plugin that counts the guest's instructions (``runner_src/qemu_icount``), compiled once with the
+    host's C compiler into the user cache; qemu-aarch64 loads it with ``-plugin PATH,out=FILE``."""
+    cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
+    if not cc or not shutil.which(cc):
+        raise RuntimeUnavailableError("counting instructions under qemu builds a qemu plugin with gcc: "
+                                      "apt-get install gcc (or set CC)")
+    h = hashlib.sha256(ICOUNT_SRC.read_bytes())
+    h.update(subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout.encode())
+    path = cache_dir() / "runners" / f"qemu-icount-{h.hexdigest()[:16]}.so"
+    if path.is_file() and not force:
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{os.getpid()}.partial")
+    p = subprocess.run([cc, "-O2", "-shared", "-fPIC", "-fvisibility=hidden", str(ICOUNT_SRC), "-o", str(tmp)],
+                       capture_output=True, text=True, check=False)
+    if p.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeUnavailableError(f"the qemu instruction-count plugin did not compile: {p.stderr.strip()[-300:]}")
+    os.replace(tmp, path)
+    return path
 
 
 def parse_runner_output(stdout: str) -> dict[str, Any]:
