@@ -268,6 +268,95 @@ def _guard_float_modules(quantizer: Any) -> None:
     quantizer.annotate = guarded
 
 
+def merge_float_islands(quantizer: Any) -> Any:
+    """Let one fp32 island cover a run of float ops: keep an add/sub/mul float when its inputs are float already.
+
+    A quantizer annotates every add and mul, also one between two ops its backend runs in fp32 only: LeViT's
+    attention-bias add sits between ``bmm`` and ``softmax`` (ExecuTorch 1.5.1's XNNPACK has neither in int8), and
+    quantised it costs a Convert to int8, an int8 add and a Convert back (0.058 ms against a 0.09 ms batch matmul
+    per block in LeViT-128's profile). Left float, the island runs bmm -> add -> softmax -> bmm in one piece.
+    An add/sub/mul stays float when each input is float or constant and at least one is float (an op the
+    quantizer left unannotated, seen through view ops); the view ops that only propagated its quantisation go
+    with it. Never changes what is computed, only where the int8 boundaries sit; the names of the ops kept float
+    are in ``quantizer.merged_float_ops`` after annotation. Wraps ``quantizer.annotate``; returns the quantizer.
+    """
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, SharedQuantizationSpec
+
+    aten = torch.ops.aten
+    binary = {aten.add.Tensor, aten.sub.Tensor, aten.mul.Tensor}
+    views = {aten.reshape.default, aten.view.default, aten.permute.default, aten.transpose.int,
+             aten.flatten.using_ints, aten.unsqueeze.default, aten.squeeze.dim, aten.squeeze.dims,
+             aten.contiguous.default, aten.clone.default, aten.expand.default, aten._unsafe_view.default}
+
+    def role(n: torch.fx.Node) -> str:
+        """What ``n``'s output is after prepare: "q" (quantised), "f" (float compute) or "c" (constant)."""
+        if n.op == "get_attr":
+            return "c"
+        if n.op != "call_function":
+            return "q"  # graph inputs: the first op quantises them, as before
+        ann = n.meta.get("quantization_annotation")
+        if ann is not None and (ann.output_qspec is not None or ann.input_qspec_map):
+            return "q"  # quantised, or the head of a fused pattern (conv -> relu)
+        inputs = [a for a in n.all_input_nodes]
+        if n.target in views and inputs:
+            return role(inputs[0])
+        roles = {role(a) for a in inputs}
+        return "c" if roles <= {"c"} else "f"
+
+    def group(n: torch.fx.Node) -> list[torch.fx.Node]:
+        """``n`` and the view ops after it whose quantisation only followed n's."""
+        out = [n]
+        for u in n.users:
+            ann = u.meta.get("quantization_annotation")
+            if (u.target in views and ann is not None and set(ann.input_qspec_map) <= {n}
+                    and isinstance(ann.output_qspec, SharedQuantizationSpec)):
+                out += group(u)
+        return out
+
+    def shared_refs(model: torch.fx.GraphModule) -> dict[torch.fx.Node, set[torch.fx.Node]]:
+        """node -> the nodes whose annotation shares a quantisation spec with its output or an input edge of it."""
+        refs: dict[torch.fx.Node, set[torch.fx.Node]] = {}
+        for m in model.graph.nodes:
+            ann = m.meta.get("quantization_annotation")
+            if ann is None:
+                continue
+            for spec in [*ann.input_qspec_map.values(), ann.output_qspec]:
+                if isinstance(spec, SharedQuantizationSpec):
+                    e = spec.edge_or_node
+                    refs.setdefault(e[1] if isinstance(e, tuple) else e, set()).add(m)
+        return refs
+
+    annotate = quantizer.annotate
+
+    def merging(model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+        model = annotate(model)
+        merged: list[str] = []
+        changed = True
+        while changed:  # a float add can make the next mul's inputs float
+            changed = False
+            for n in model.graph.nodes:
+                ann = n.meta.get("quantization_annotation")
+                if n.op != "call_function" or n.target not in binary or ann is None or ann.output_qspec is None:
+                    continue
+                roles = {role(a) for a in n.all_input_nodes}
+                if "f" not in roles or not roles <= {"f", "c"}:
+                    continue
+                members = group(n)
+                refs = shared_refs(model)
+                if any(refs.get(m, set()) - set(members) for m in members):
+                    continue  # another op shares n's int8 parameters (a cat, a pool): leave the boundary as it is
+                for m in members:
+                    m.meta["quantization_annotation"] = QuantizationAnnotation(_annotated=True)
+                    merged.append(m.name)
+                changed = True
+        quantizer.merged_float_ops = merged
+        return model
+
+    quantizer.annotate = merging
+    quantizer.merged_float_ops = []
+    return quantizer
+
+
 def keep_float_modules(quantizer: Any, model: torch.nn.Module, patterns: list[str]) -> list[str]:
     """Mixed precision: leave the modules ``patterns`` name in float; returns the module names kept float.
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.metadata
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ from .base import (
     Session,
     UnsupportedError,
     keep_float,
+    merge_float_islands,
     quiet,
     register_converter,
 )
@@ -68,6 +69,9 @@ class ExecuTorchConverter(Converter):
     runtime_packages = ("executorch.runtime",)
     delegates = ("xnnpack", "coreml")
     layers_source = "int8 activations read from a twin program that taps them as outputs"
+    # int8: an add/sub/mul between float-only ops stays float (converters.base.merge_float_islands); False
+    # gives the per-op boundaries of before (benchmarks/int8_forms.py measures both)
+    merge_islands: ClassVar[bool] = True
 
     def compare_layers(self, path: Path, graph: Any, x: Any) -> dict[str, Any]:
         return compare_layers(path, graph, x)
@@ -81,8 +85,10 @@ class ExecuTorchConverter(Converter):
             get_symmetric_quantization_config,
         )
 
-        q = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=qat))
-        return keep_float(q)
+        q = keep_float(XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True,
+                                                                                     is_qat=qat)))
+        # XNNPACK runs bmm, softmax, sigmoid, gelu in fp32 only: an add or mul between them stays float too
+        return merge_float_islands(q) if self.merge_islands else q
 
     def prepare_model(self, model: torch.nn.Module, precision: str = "fp32") -> torch.nn.Module:
         # XNNPACK's mean takes only NHWC dims (2, 3), so ExecuTorch wraps LayerNorm's means in layout

@@ -425,6 +425,8 @@ def _quantize(job: Conversion) -> None:
                           "calibration": {"data": r.calibration, "count": int(calib.shape[0])}}
         if kept:
             job.quant_meta["keep_float"] = kept
+        if getattr(job.quantizer, "merged_float_ops", None):
+            job.quant_meta["float_between_float_ops"] = list(job.quantizer.merged_float_ops)
     elif job.conv.weight_quantization(r.precision):
         job.quant_meta = {"source": "weight-only", "scheme": "int8 symmetric per-channel weights, fp16 compute"}
     if job.quantized is not None:

@@ -99,6 +99,48 @@ def test_keep_float_leaves_named_modules_unquantised(backend):
         keep_float_modules(conv.quantizer("int8"), model, ["blocks.9"])
 
 
+class _Scores(torch.nn.Module):
+    """Attention scores plus a constant bias between bmm and softmax (LeViT's pattern), then a gate that mixes an
+    int8 linear with a float sigmoid: (B, 16, 8) -> (B, 16, 8)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k, self.v, self.out = (torch.nn.Linear(8, 8) for _ in range(4))
+        self.register_buffer("bias", torch.randn(16, 16))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = torch.bmm(self.q(x), self.k(x).transpose(1, 2)) + self.bias  # (B, 16, 16)
+        y = self.out(torch.bmm(a.softmax(dim=-1), self.v(x)))
+        return self.v(x) * torch.sigmoid(y)
+
+
+def _quantized_inputs(gm: torch.fx.GraphModule, target) -> list[bool]:
+    """For each input of the first ``target`` node of a converted graph: does it come from a dequantize?"""
+    node = next(n for n in gm.graph.nodes if n.op == "call_function" and n.target == target)
+    return ["dequantize" in str(getattr(a, "target", "")) for a in node.all_input_nodes]
+
+
+def test_executorch_keeps_an_add_between_float_ops_in_the_float_island(monkeypatch):
+    from converters import calibrate_and_quantize, executorch_backend
+    from converters.compare import sqnr_db
+
+    torch.manual_seed(0)
+    model, x = _Scores().eval(), torch.randn(2, 16, 8)
+    conv = get_converter("executorch")
+    q = conv.quantizer("int8")
+    gm = calibrate_and_quantize(model, q, x, conv.fold_quantize)
+    # bmm and softmax run in fp32 in XNNPACK: the bias add between them stays float (no Convert pair around it)
+    assert _quantized_inputs(gm, torch.ops.aten.add.Tensor) == [False, False]
+    assert q.merged_float_ops[0].startswith("add")
+    # the gate takes an int8 linear and a float sigmoid: mixed, so it stays int8 as before
+    assert _quantized_inputs(gm, torch.ops.aten.mul.Tensor) == [True, True]
+    assert sqnr_db(model(x).detach().numpy(), gm(x).detach().numpy()) > 25
+    # the per-op boundaries of before (what this test tells apart): the add quantised on both sides
+    monkeypatch.setattr(executorch_backend.ExecuTorchConverter, "merge_islands", False)
+    before = calibrate_and_quantize(model, conv.quantizer("int8"), x, conv.fold_quantize)
+    assert _quantized_inputs(before, torch.ops.aten.add.Tensor) == [True, True]
+
+
 def test_convert_keep_float_end_to_end(tmp_path):
     from converters import UnsupportedError, convert, read_sidecar
 
@@ -107,6 +149,11 @@ def test_convert_keep_float_end_to_end(tmp_path):
     meta = read_sidecar(r["artifact"])
     assert meta["quantization"]["keep_float"] == ["head", "head_dist"]
     assert meta["formulation"]["hardswish"] == "native"  # ExecuTorch's measured choice
+    # each attention's bias add (bmm -> add -> softmax) stays inside the float island, and so does the average of
+    # the two heads kept float (an add and its multiply by 1/2)
+    merged = meta["quantization"]["float_between_float_ops"]
+    biases = [n for n, _ in mobilevits.create_model("levit_tiny").named_buffers() if n.endswith("attention_bias_dense")]
+    assert sum(n.startswith("add") for n in merged) == len(biases) + 1 and sum(n.startswith("mul") for n in merged) == 1
     assert r["check"]["passed"], r["check"]  # the check rebuilt the same mixed-precision reference
     with pytest.raises(UnsupportedError, match="--keep-float chooses what stays float in an int8 model"):
         convert("levit_tiny", to="executorch", precision="fp32", resolution=128, out=tmp_path, keep_float=["head"],
