@@ -3,13 +3,15 @@
     .venv/bin/python benchmarks/int8_forms.py [--models all|m1,m2] [--backends executorch,tflite] [--rounds 3]
                                               [--after default|rewrites]
 
-For each model and backend it converts (or reuses, from ``--out``) three artifacts: fp32; int8 with the one-kernel
-forms (``hardswish=native``, ``dyrelu=max``: a hardswish / maximum kernel, which ExecuTorch's XNNPACK runs in fp32
-between a dequantise and a quantise, and LiteRT runs outside its delegate: the forms before issue #19); and int8
-"after": with ``--after rewrites`` the int8 rewrites (``hardswish=int8``, ``dyrelu=relu``), from which each
-backend's default was decided (``Converter.prepare_model``); with ``--after default`` (the default) the forms each
-backend now takes, so the table shows what a user gets. Where "after" is the same program as "before" it is
-converted once. Every int8 artifact is checked under
+For each model and backend it converts (or reuses, from ``--out``) three artifacts: fp32; int8 "before": the
+one-kernel forms (``hardswish=native``, ``dyrelu=max``: a hardswish / maximum kernel, which ExecuTorch's XNNPACK
+runs in fp32 between a dequantise and a quantise, and LiteRT runs outside its delegate) with an int8 boundary
+around every quantisable op, as every backend did before issue #19; and int8 "after": with ``--after rewrites``
+the int8 rewrites (``hardswish=int8``, ``dyrelu=relu``), from which each backend's default was decided
+(``Converter.prepare_model``); with ``--after default`` (the default) what each backend does now, so the table shows
+what a user gets. ExecuTorch's "after" also keeps an add or mul between float-only ops in float
+(``converters.base.merge_float_islands``). Where two columns are the same program it is converted once.
+``--convert-only`` stops after converting (to time later, on a quiet machine). Every int8 artifact is checked under
 the int8 rule. All artifacts are then timed side by side in one process (``mobilevits bench``: one thread,
 cells shuffled, ``--rounds`` sessions, median of session medians), and each ExecuTorch int8 program is
 profiled through the native runner (int8<->fp32 Converts, operator kinds still in fp32). Writes
@@ -19,6 +21,7 @@ benchmarks/results/int8_forms.json and prints the Markdown tables of BENCHMARKS.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -39,27 +42,61 @@ SUFFIX = {"executorch": ".pte", "tflite": ".tflite"}
 
 
 def artifact(model: str, backend: str, variant: str, out: Path) -> Path:
-    """Convert once into ``out/<variant>/`` (fp32, int8-before, int8-after); reuse what exists."""
+    """Convert once into ``out/<variant>/``; reuse what exists, and what another variant's identical program is.
+
+    ``int8-before``: the one-kernel forms and per-op int8 boundaries, what every backend did before issue #19;
+    ``int8-after``: the int8 rewrites; ``int8-default``: what the backend does now. ExecuTorch's ``after`` and
+    ``default`` keep an add/mul between float-only ops float (``merge_float_islands``)."""
     precision = "fp32" if variant == "fp32" else "int8"
-    if variant == "int8-before" and not _has_kinds(model, BEFORE):
-        return artifact(model, backend, "int8-after", out)  # nothing to reformulate: one program serves both
-    if variant == "int8-default":
-        forms = default_forms(model, backend)
-        if forms == _forms_of(model, BEFORE):
-            return artifact(model, backend, "int8-before", out)  # the backend kept the one-kernel forms
-        if forms == _forms_of(model, AFTER):
-            return artifact(model, backend, "int8-after", out)
+    if precision == "int8":
+        same = _program_key(model, backend, variant)
+        first = next(v for v in ("int8-before", "int8-after", "int8-default")
+                     if _program_key(model, backend, v) == same)
+        if first != variant:
+            return artifact(model, backend, first, out)  # one program serves both columns
     folder = out / variant
     existing = sorted(folder.glob(f"{model}_*_{backend}_{precision}{SUFFIX[backend]}"))
     if existing and Path(str(existing[0]) + ".json").is_file():
         if precision == "int8" and read_sidecar(existing[0]).get("check") is None:
             check_artifact(existing[0], show_progress=False)  # a copied-in artifact: check it once
         return existing[0]
+    from converters.executorch_backend import ExecuTorchConverter
+
     t0 = time.time()
-    r = convert(model, to=backend, precision=precision, out=folder, check=precision == "int8",
-                forms={"int8-before": BEFORE, "int8-after": AFTER}.get(variant), show_progress=False)  # default: None
+    ExecuTorchConverter.merge_islands = variant != "int8-before"
+    try:
+        r = convert(model, to=backend, precision=precision, out=folder, check=precision == "int8",
+                    forms={"int8-before": BEFORE, "int8-after": AFTER}.get(variant), show_progress=False)
+    finally:
+        ExecuTorchConverter.merge_islands = True
     print(f"  converted {model} {backend} {variant} in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
     return Path(r["artifact"])
+
+
+def _program_key(model: str, backend: str, variant: str) -> tuple:
+    """What decides an int8 program: the forms of the kinds ``model`` has, and (ExecuTorch, where ``model`` has
+    an add/mul between float-only ops) whether those stay float."""
+    forms = {"int8-before": _forms_of(model, BEFORE), "int8-after": _forms_of(model, AFTER),
+             "int8-default": default_forms(model, backend)}[variant]
+    merged = backend == "executorch" and variant != "int8-before" and _merges(model) > 0
+    return tuple(sorted(forms.items())), merged
+
+
+@functools.cache
+def _merges(model: str) -> int:
+    """How many ops ExecuTorch's int8 quantizer keeps float between float-only ops in ``model``."""
+    import torch
+
+    import mobilevits
+    from converters import get_converter
+
+    conv = get_converter("executorch")
+    m = conv.prepare_model(mobilevits.create_model(model).eval(), "int8")
+    mobilevits.reparameterize_model(m)
+    r = mobilevits.get_model_info(model).default_resolution
+    q = conv.quantizer("int8")
+    q.annotate(torch.export.export(m, (torch.randn(1, 3, r, r),)).module())
+    return len(q.merged_float_ops)
 
 
 def _has_kinds(model: str, forms: dict[str, str]) -> bool:
@@ -102,6 +139,7 @@ def main() -> int:
     ap.add_argument("--backends", default="executorch,tflite")
     ap.add_argument("--rounds", type=int, default=3, help="bench sessions, cells shuffled in each")
     ap.add_argument("--iterations", type=int, default=30)
+    ap.add_argument("--convert-only", action="store_true", help="convert (and check) what is missing, then stop")
     ap.add_argument("--out", type=Path, default=ROOT / "out/int8_forms")
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/int8_forms.json")
     args = ap.parse_args()
@@ -116,6 +154,8 @@ def main() -> int:
         for backend in backends:
             for variant in ("fp32", "int8-before", after):
                 arts[(model, backend, variant)] = artifact(model, backend, variant, args.out)
+    if args.convert_only:
+        return 0
     # side by side: every artifact in each session, shuffled; median of the session medians
     medians: dict[str, list[float]] = {str(p): [] for p in arts.values()}
     for k in range(args.rounds):
