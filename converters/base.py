@@ -284,6 +284,11 @@ def merge_float_islands(quantizer: Any) -> Any:
 
     aten = torch.ops.aten
     binary = {aten.add.Tensor, aten.sub.Tensor, aten.mul.Tensor}
+    # what ExecuTorch 1.5.1's XNNPACK runs in fp32 only (docs/conversion.md, "Operators without an int8 path")
+    float_only = {aten.bmm.default, aten.matmul.default, aten.softmax.int, aten._softmax.default,
+                  aten.sigmoid.default, aten.silu.default, aten.hardswish.default, aten.gelu.default,
+                  aten.maximum.default, aten.minimum.default, aten.avg_pool2d.default, aten.div.Tensor,
+                  aten.rsqrt.default, aten.sqrt.default, aten.exp.default, aten.tanh.default}
     views = {aten.reshape.default, aten.view.default, aten.permute.default, aten.transpose.int,
              aten.flatten.using_ints, aten.unsqueeze.default, aten.squeeze.dim, aten.squeeze.dims,
              aten.contiguous.default, aten.clone.default, aten.expand.default, aten._unsafe_view.default}
@@ -297,11 +302,13 @@ def merge_float_islands(quantizer: Any) -> Any:
         ann = n.meta.get("quantization_annotation")
         if ann is not None and (ann.output_qspec is not None or ann.input_qspec_map):
             return "q"  # quantised, or the head of a fused pattern (conv -> relu)
-        inputs = [a for a in n.all_input_nodes]
-        if n.target in views and inputs:
-            return role(inputs[0])
-        roles = {role(a) for a in inputs}
-        return "c" if roles <= {"c"} else "f"
+        roles = {role(a) for a in n.all_input_nodes}
+        if roles <= {"c"}:
+            return "c"
+        if ann is not None or n.target in float_only:
+            return "f"  # kept float on purpose (LayerNorm, an op merged before), or no int8 kernel
+        # an unannotated view, relu or clamp between a dequantise and a quantise runs in int8 in XNNPACK
+        return "q" if "q" in roles else "f"
 
     def group(n: torch.fx.Node) -> list[torch.fx.Node]:
         """``n`` and the view ops after it whose quantisation only followed n's."""
