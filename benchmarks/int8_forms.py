@@ -44,6 +44,7 @@ FAMILIES = ["mobilevit_xxs", "mobilevit_xs", "mobilevit_s", "levit_128s", "levit
 BEFORE = {"hardswish": "native", "dyrelu": "max"}  # one kernel each: the forms every backend got before issue #19
 AFTER = {"hardswish": "int8", "dyrelu": "relu"}  # the int8 rewrites
 SUFFIX = {"executorch": ".pte", "tflite": ".tflite"}
+IGEMM_GAP = 2.59  # ExecuTorch / LiteRT time of one dense 3x3 convolution (benchmarks/runtime_kernels.py, 2026-12-02)
 
 
 def artifact(model: str, backend: str, variant: str, out: Path) -> Path:
@@ -173,6 +174,12 @@ def main() -> int:
                "ms": statistics.median(medians[str(path)]), "session_ms": medians[str(path)],
                "formulation": meta.get("formulation"), "outside": outside(meta),
                "check": (meta.get("check") or {}).get("passed"), "sqnr_db": (meta.get("check") or {}).get("sqnr_db")}
+        if backend == "executorch" and variant == "fp32":
+            # dense convolutions ("IGEMM"): the one kernel measured 2.6x slower in ExecuTorch's XNNPACK build than
+            # in LiteRT's at equal shapes (BENCHMARKS.md, "ExecuTorch vs LiteRT on single operators")
+            p = profile_artifact(path, iterations=10)
+            row["igemm_share"] = sum(k["share"] for k in p["kinds"] if k["kind"] == "Convolution (NHWC, F32) IGEMM")
+            row["fp32_top"] = [{"kind": k["kind"], "share": k["share"]} for k in p["kinds"][:3]]
         if backend == "executorch" and variant != "fp32":
             p = profile_artifact(path, iterations=10)
             row["converts"] = p["convert"]["count"]
@@ -209,11 +216,14 @@ def main() -> int:
             print(f"| {model} | {kinds or 'none'} |")
     if set(backends) >= {"executorch", "tflite"}:
         print("\nfp32, ExecuTorch against LiteRT (same side-by-side sessions)")
-        print("| model | ExecuTorch fp32 ms | LiteRT fp32 ms | ET / LiteRT |")
-        print("|---|---:|---:|---:|")
+        print("| model | ExecuTorch fp32 ms | LiteRT fp32 ms | ET / LiteRT | ET dense-conv share | ET / LiteRT with "
+              "ET's dense convs at LiteRT's speed |")
+        print("|---|---:|---:|---:|---:|---:|")
         for model in models:
-            e, t = by[(model, "executorch", "fp32")]["ms"], by[(model, "tflite", "fp32")]["ms"]
-            print(f"| {model} | {e:.2f} | {t:.2f} | {e / t:.2f} |")
+            f = by[(model, "executorch", "fp32")]
+            e, t, share = f["ms"], by[(model, "tflite", "fp32")]["ms"], f.get("igemm_share", 0.0)
+            same_conv = e * (1 - share * (1 - 1 / IGEMM_GAP))  # ET's time if its dense convs ran as LiteRT's
+            print(f"| {model} | {e:.2f} | {t:.2f} | {e / t:.2f} | {100 * share:.0f}% | {same_conv / t:.2f} |")
     return 0
 
 
