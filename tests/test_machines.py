@@ -118,6 +118,10 @@ def test_tflite_on_qemu_arm64_through_debian_arm64_python(qemu, needs, artifact,
         b = bench([tfl], runtime="tflite", device="qemu-arm64", warmup=0, iterations=2, cooldown=0,
                   out=tmp_path, log=lambda m: None)
         assert b["cells"][0]["emulated"] and b["cells"][0]["runtime_version"].startswith("tflite-runtime on qemu")
+        from mobilevits.workflows.profile import count_instructions
+
+        n = count_instructions(tfl, device="qemu-arm64")  # the Python interpreter's start-up cancels out
+        assert "tflite-runtime" in n["tool"] and 1e5 < n["instructions_per_forward"] < n["instructions_load_and_first"]
 
 
 def test_sme_on_an_old_qemu_is_refused_with_the_way_out(qemu, monkeypatch):

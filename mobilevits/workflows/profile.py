@@ -112,8 +112,8 @@ def count_instructions(artifact: str | Path, threads: int = 1, seed: int = 0, de
     """Instructions executed per forward by the native runner: a cost figure that machine load does not move.
 
     ``host``: the host build under valgrind (callgrind; two counts of one program agree within about 1%).
-    ``qemu-arm64[:CPU]``: the aarch64 build under qemu-aarch64 with a counting plugin (one thread; two
-    counts of one program agree within about 0.1%);
+    ``qemu-arm64[:CPU]``: the aarch64 build (a .pte), or tflite-runtime in Debian's arm64 Python (a .tflite),
+    under qemu-aarch64 with a counting plugin (one thread; two counts of one program agree within about 0.1%);
     XNNPACK picks its kernels from the emulated CPU's features, so ``cortex-a76`` counts its dot-product int8
     kernels. Two runs (1 and 3 timed forwards) cancel the load and the first inference: (I3 - I1) / 2."""
     from converters import RuntimeUnavailableError
@@ -121,8 +121,16 @@ def count_instructions(artifact: str | Path, threads: int = 1, seed: int = 0, de
     from .machines import DeviceError, QemuArm64, open_device
     from .native import build_icount_plugin, build_runner
 
-    artifact, _, x = _program_and_input(artifact, seed)
     counts = {}
+    if device != "host" and Path(artifact).suffix == ".tflite":
+        from converters import read_sidecar
+
+        if not Path(artifact).is_file():
+            raise FileNotFoundError(f"no such program: {artifact}")
+        artifact = Path(artifact)
+        x = np.random.default_rng(seed).random(tuple(read_sidecar(artifact)["input"]["shape"]), dtype=np.float32)
+    else:
+        artifact, _, x = _program_and_input(artifact, seed)
     if device == "host":
         if shutil.which("valgrind") is None:
             raise RuntimeUnavailableError("--instructions counts with valgrind: apt-get install valgrind")
@@ -149,7 +157,7 @@ def count_instructions(artifact: str | Path, threads: int = 1, seed: int = 0, de
     with open_device(device) as dev:
         assert isinstance(dev, QemuArm64)
         plugin = build_icount_plugin()
-        argv, env = dev.runner(".pte")
+        argv, env = dev.runner(artifact.suffix)  # the native runner, or the TFLite script in arm64 Python
         work = Path(dev.mkdir("instr"))
         np.save(work / "x.npy", x)
         for n in (1, 3):
@@ -165,7 +173,8 @@ def count_instructions(artifact: str | Path, threads: int = 1, seed: int = 0, de
         info = dev.info()
     return {"instructions_per_forward": (counts[3] - counts[1]) / 2, "instructions_load_and_first": counts[1],
             "arch": "aarch64", "device": dev.spec,
-            "tool": f"{info['emulator']} -cpu {dev.cpu} with a counting plugin (aarch64 build)"}
+            "tool": f"{info['emulator']} -cpu {dev.cpu} with a counting plugin "
+                    f"({'tflite-runtime in arm64 Python' if artifact.suffix == '.tflite' else 'aarch64 build'})"}
 
 
 def format_profile(r: dict[str, Any], rows: int = 15) -> str:
