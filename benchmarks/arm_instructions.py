@@ -33,6 +33,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="all", help="comma-separated, or 'all' (the 21 models of the six families)")
     ap.add_argument("--backends", default="executorch,tflite")
+    ap.add_argument("--before", action="store_true",
+                    help="also count int8 'before' (one-kernel forms, per-op int8 boundaries) where it differs")
     ap.add_argument("--cpu", default="cortex-a76", help="qemu CPU model (qemu-aarch64 -cpu help)")
     ap.add_argument("--out", type=Path, default=ROOT / "out/int8_forms")
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/arm_instructions.json")
@@ -41,20 +43,28 @@ def main() -> int:
     backends = args.backends.split(",")
     device = f"qemu-arm64:{args.cpu}"
     doc = json.loads(args.json.read_text()) if args.json.is_file() else {"rows": []}
-    done = {(r["model"], r["backend"], r["device"]) for r in doc["rows"]}
+    done = {(r["model"], r["backend"], r["device"]): r for r in doc["rows"]}
     for model in models:
         for backend in backends:
-            if (model, backend, device) in done:
+            row = done.get((model, backend, device))
+            if row is not None and (not args.before or "int8_before" in row):
                 continue
             t0 = time.time()
-            row = {"model": model, "backend": backend, "device": device, "date": time.strftime("%Y-%m-%d")}
-            for variant, precision in (("fp32", "fp32"), ("int8-default", "int8")):
+            if row is None:
+                row = {"model": model, "backend": backend, "device": device, "date": time.strftime("%Y-%m-%d")}
+                doc["rows"].append(row)
+            variants = [("fp32", "fp32"), ("int8-default", "int8")] + [("int8-before", "int8_before")] * args.before
+            for variant, precision in variants:
+                if precision in row:
+                    continue
                 path = artifact(model, backend, variant, args.out)
+                if precision == "int8_before" and path == Path(row["int8"]["artifact"]):
+                    row[precision] = dict(row["int8"])  # the same program: nothing changed for this backend
+                    continue
                 n = count_instructions(path, device=device)
                 row[precision] = {"artifact": str(path), "instructions_per_forward": n["instructions_per_forward"],
                                   "instructions_load_and_first": n["instructions_load_and_first"], "tool": n["tool"]}
             row["int8_over_fp32"] = row["int8"]["instructions_per_forward"] / row["fp32"]["instructions_per_forward"]
-            doc["rows"].append(row)
             args.json.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(args.json, json.dumps(doc, indent=1) + "\n")
             print(f"  {model} {backend}: int8/fp32 {row['int8_over_fp32']:.2f} ({time.time() - t0:.0f} s)",
@@ -71,7 +81,9 @@ def main() -> int:
                 cells.append("- | - | -")
                 continue
             f, i = r["fp32"]["instructions_per_forward"], r["int8"]["instructions_per_forward"]
-            cells.append(f"{f / 1e6:.0f} | {i / 1e6:.0f} | {i / f:.2f}")
+            before = r.get("int8_before", {}).get("instructions_per_forward")
+            was = f" (before {before / f:.2f})" if before and before != i else ""
+            cells.append(f"{f / 1e6:.0f} | {i / 1e6:.0f} | {i / f:.2f}{was}")
         print(f"| {model} | " + " | ".join(cells) + " |")
     return 0
 
