@@ -203,9 +203,10 @@ def test_qemu_instruction_counts_repeat_and_see_the_dot_product_kernels(qemu, ar
     a76 = count_instructions(pte, device="qemu-arm64:cortex-a76")
     assert a76["device"] == "qemu-arm64:cortex-a76" and a76["arch"] == "aarch64" and "cortex-a76" in a76["tool"]
     again = count_instructions(pte, device="qemu-arm64:cortex-a76")["instructions_per_forward"]
-    # not bit-equal (the runner reads clocks, the allocator varies): seen 0.05% apart; the ratios compared differ
-    # by 10% and more
-    assert abs(again - a76["instructions_per_forward"]) < 0.005 * again
+    # not bit-equal: a few thousand instructions per forward vary run to run (clock reads, the allocator), 0.05%
+    # of this tiny program alone, 0.53% beside two CI runs (2026-12-07); on the benchmarks' models (60 M and more
+    # per forward) the same few thousand are under 0.01%
+    assert abs(again - a76["instructions_per_forward"]) < 0.02 * again
     # XNNPACK gives the a76 (dot product) other int8 kernels than the a53: measured 6.1 M vs 8.9 M here
     a53 = count_instructions(pte, device="qemu-arm64:cortex-a53")
     assert 1e5 < a76["instructions_per_forward"] < 0.9 * a53["instructions_per_forward"]

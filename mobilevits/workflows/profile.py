@@ -113,7 +113,8 @@ def count_instructions(artifact: str | Path, threads: int = 1, seed: int = 0, de
 
     ``host``: the host build under valgrind (callgrind; two counts of one program agree within about 1%).
     ``qemu-arm64[:CPU]``: the aarch64 build (a .pte), or tflite-runtime in Debian's arm64 Python (a .tflite),
-    under qemu-aarch64 with a counting plugin (one thread; two counts of one program agree within about 0.1%);
+    under qemu-aarch64 with a counting plugin (one thread; two counts of one program differ by a few
+    thousand instructions per forward);
     XNNPACK picks its kernels from the emulated CPU's features, so ``cortex-a76`` counts its dot-product int8
     kernels. Two runs (1 and 3 timed forwards) cancel the load and the first inference: (I3 - I1) / 2."""
     from converters import RuntimeUnavailableError
