@@ -293,8 +293,14 @@ def merge_float_islands(quantizer: Any) -> Any:
              aten.flatten.using_ints, aten.unsqueeze.default, aten.squeeze.dim, aten.squeeze.dims,
              aten.contiguous.default, aten.clone.default, aten.expand.default, aten._unsafe_view.default}
 
-    def role(n: torch.fx.Node) -> str:
-        """What ``n``'s output is after prepare: "q" (quantised), "f" (float compute) or "c" (constant)."""
+    def role(n: torch.fx.Node, memo: dict[torch.fx.Node, str]) -> str:
+        """What ``n``'s output is after prepare: "q" (quantised), "f" (float compute) or "c" (constant);
+        ``memo`` holds the answers of one pass over unchanged annotations."""
+        if n not in memo:
+            memo[n] = _role(n, memo)
+        return memo[n]
+
+    def _role(n: torch.fx.Node, memo: dict[torch.fx.Node, str]) -> str:
         if n.op == "get_attr":
             return "c"
         if n.op != "call_function":
@@ -302,7 +308,7 @@ def merge_float_islands(quantizer: Any) -> Any:
         ann = n.meta.get("quantization_annotation")
         if ann is not None and (ann.output_qspec is not None or ann.input_qspec_map):
             return "q"  # quantised, or the head of a fused pattern (conv -> relu)
-        roles = {role(a) for a in n.all_input_nodes}
+        roles = {role(a, memo) for a in n.all_input_nodes}
         if roles <= {"c"}:
             return "c"
         if ann is not None or n.target in float_only:
@@ -341,21 +347,23 @@ def merge_float_islands(quantizer: Any) -> Any:
         changed = True
         while changed:  # a float add can make the next mul's inputs float
             changed = False
+            memo: dict[torch.fx.Node, str] = {}
+            refs = shared_refs(model)
             for n in model.graph.nodes:
                 ann = n.meta.get("quantization_annotation")
                 if n.op != "call_function" or n.target not in binary or ann is None or ann.output_qspec is None:
                     continue
-                roles = {role(a) for a in n.all_input_nodes}
+                roles = {role(a, memo) for a in n.all_input_nodes}
                 if "f" not in roles or not roles <= {"f", "c"}:
                     continue
                 members = group(n)
-                refs = shared_refs(model)
                 if any(refs.get(m, set()) - set(members) for m in members):
                     continue  # another op shares n's int8 parameters (a cat, a pool): leave the boundary as it is
                 for m in members:
                     m.meta["quantization_annotation"] = QuantizationAnnotation(_annotated=True)
                     merged.append(m.name)
                 changed = True
+                break  # roles and shared specs changed: the next pass recomputes them once
         quantizer.merged_float_ops = merged
         return model
 

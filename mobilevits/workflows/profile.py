@@ -76,13 +76,16 @@ def summarize_etdump(path: str | Path, runs: int) -> dict[str, Any]:
             "delegate_overhead_ms": None if delegate is None else max(delegate - delegated_ms, 0.0)}
 
 
-def _program_and_input(artifact: str | Path, seed: int) -> tuple[Path, dict[str, Any], np.ndarray]:
-    """The .pte, its sidecar and a seeded random input of the program's shape (profiles need no real image)."""
+def _program_and_input(artifact: str | Path, seed: int, suffixes: tuple[str, ...] = (".pte",)
+                       ) -> tuple[Path, dict[str, Any], np.ndarray]:
+    """The program (a .pte, or one of ``suffixes``), its sidecar and a seeded random input of the program's shape
+    (profiles need no real image)."""
     from converters import read_sidecar
 
     artifact = Path(artifact)
-    if artifact.suffix != ".pte":
-        raise ValueError(f"profile reads ExecuTorch programs (.pte), not {artifact.name}")
+    if artifact.suffix not in suffixes:
+        what = "ExecuTorch programs (.pte)" if suffixes == (".pte",) else " and ".join(suffixes) + " files"
+        raise ValueError(f"profile reads {what}, not {artifact.name}")
     if not artifact.is_file():
         raise FileNotFoundError(f"no such program: {artifact}")
     meta = read_sidecar(artifact)
@@ -123,15 +126,8 @@ def count_instructions(artifact: str | Path, threads: int = 1, seed: int = 0, de
     from .native import build_icount_plugin, build_runner
 
     counts = {}
-    if device != "host" and Path(artifact).suffix == ".tflite":
-        from converters import read_sidecar
-
-        if not Path(artifact).is_file():
-            raise FileNotFoundError(f"no such program: {artifact}")
-        artifact = Path(artifact)
-        x = np.random.default_rng(seed).random(tuple(read_sidecar(artifact)["input"]["shape"]), dtype=np.float32)
-    else:
-        artifact, _, x = _program_and_input(artifact, seed)
+    # under qemu the TFLite script in arm64 Python takes a .tflite too; on host valgrind runs the native runner
+    artifact, _, x = _program_and_input(artifact, seed, (".pte",) if device == "host" else (".pte", ".tflite"))
     if device == "host":
         if shutil.which("valgrind") is None:
             raise RuntimeUnavailableError("--instructions counts with valgrind: apt-get install valgrind")
