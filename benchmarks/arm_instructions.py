@@ -5,7 +5,7 @@
 
 For each model and backend, the fp32 and int8 artifacts of ``benchmarks/int8_forms.py`` (reused from ``--out``,
 converted there when missing; int8 as each backend now converts it) run under ``qemu-aarch64 -cpu CPU`` with the
-instruction-counting plugin, one thread: ExecuTorch's aarch64 native runner, and tflite-runtime 2.14 in Debian's
+instruction-counting plugin, one thread: ExecuTorch's aarch64 native runner, and LiteRT (ai-edge-litert 1.4) in Debian's
 arm64 Python (``mobilevits.workflows.profile.count_instructions``). XNNPACK picks its kernels from the emulated
 CPU's features: ``cortex-a76`` (a phone's big core) has the int8 dot product this x86 host lacks. Rows are kept in
 ``--json`` as each one finishes (a rerun skips what it has); prints the Markdown table of BENCHMARKS.md.
@@ -14,6 +14,7 @@ CPU's features: ``cortex-a76`` (a phone's big core) has the int8 dot product thi
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import sys
 import time
@@ -29,6 +30,19 @@ from converters import atomic_write_text  # noqa: E402
 from mobilevits.workflows.profile import count_instructions  # noqa: E402
 
 
+def _save(path: Path, row: dict) -> dict:
+    """Put ``row`` into the rows at ``path`` (replacing the one for its model, backend and device) under a lock,
+    so that two runs (``--shard``) can share one file; returns the document."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = (row["model"], row["backend"], row["device"])
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        doc = json.loads(path.read_text()) if path.is_file() else {"rows": []}
+        doc["rows"] = [r for r in doc["rows"] if (r["model"], r["backend"], r["device"]) != key] + [row]
+        atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
+    return doc
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="all", help="comma-separated, or 'all' (the 21 models of the six families)")
@@ -38,13 +52,15 @@ def main() -> int:
     ap.add_argument("--cpu", default="cortex-a76", help="qemu CPU model (qemu-aarch64 -cpu help)")
     ap.add_argument("--out", type=Path, default=ROOT / "out/int8_forms")
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/arm_instructions.json")
+    ap.add_argument("--shard", default="0/1", help="K/N: count every N-th model from the K-th (one qemu per core)")
     args = ap.parse_args()
     models = FAMILIES if args.models == "all" else args.models.split(",")
+    k, n_shards = (int(v) for v in args.shard.split("/"))
     backends = args.backends.split(",")
     device = f"qemu-arm64:{args.cpu}"
     doc = json.loads(args.json.read_text()) if args.json.is_file() else {"rows": []}
     done = {(r["model"], r["backend"], r["device"]): r for r in doc["rows"]}
-    for model in models:
+    for model in models[k::n_shards]:
         for backend in backends:
             row = done.get((model, backend, device))
             if row is not None and (not args.before or "int8_before" in row):
@@ -52,7 +68,6 @@ def main() -> int:
             t0 = time.time()
             if row is None:
                 row = {"model": model, "backend": backend, "device": device, "date": time.strftime("%Y-%m-%d")}
-                doc["rows"].append(row)
             variants = [("fp32", "fp32"), ("int8-default", "int8")] + [("int8-before", "int8_before")] * args.before
             for variant, precision in variants:
                 if precision in row:
@@ -65,14 +80,15 @@ def main() -> int:
                 row[precision] = {"artifact": str(path), "instructions_per_forward": n["instructions_per_forward"],
                                   "instructions_load_and_first": n["instructions_load_and_first"], "tool": n["tool"]}
             row["int8_over_fp32"] = row["int8"]["instructions_per_forward"] / row["fp32"]["instructions_per_forward"]
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(args.json, json.dumps(doc, indent=1) + "\n")
+            doc = _save(args.json, row)
             print(f"  {model} {backend}: int8/fp32 {row['int8_over_fp32']:.2f} ({time.time() - t0:.0f} s)",
                   file=sys.stderr, flush=True)
+    doc = json.loads(args.json.read_text()) if args.json.is_file() else doc  # with the other shards' rows
     by = {(r["model"], r["backend"]): r for r in doc["rows"] if r["device"] == device}
+    both = set(backends) >= {"executorch", "tflite"}  # then also ExecuTorch's fp32 against LiteRT's
     print("| model | " + " | ".join(f"{b} fp32 M instr | {b} int8 M instr | {b} int8/fp32" for b in backends)
-          + " |")
-    print("|---|" + "---:|---:|---:|" * len(backends))
+          + " | ExecuTorch / LiteRT fp32 |" * both)
+    print("|---|" + "---:|---:|---:|" * len(backends) + "---:|" * both)
     for model in models:
         cells = []
         for b in backends:
@@ -84,6 +100,10 @@ def main() -> int:
             before = r.get("int8_before", {}).get("instructions_per_forward")
             was = f" (before {before / f:.2f})" if before and before != i else ""
             cells.append(f"{f / 1e6:.0f} | {i / 1e6:.0f} | {i / f:.2f}{was}")
+        if both:
+            e, t = by.get((model, "executorch")), by.get((model, "tflite"))
+            cells.append(f"{e['fp32']['instructions_per_forward'] / t['fp32']['instructions_per_forward']:.2f}"
+                         if e and t else "-")
         print(f"| {model} | " + " | ".join(cells) + " |")
     return 0
 

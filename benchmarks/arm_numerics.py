@@ -4,7 +4,7 @@
 
 For each model (default: one per family) x {fp32, int8} x backend: the .pte or .tflite (converted into
 ``--out`` when missing, random init with re-randomised norms), checked by ``check_artifact`` on the host's
-Python runtime and on ``qemu-arm64:CPU`` for each CPU (the native runner; tflite-runtime 2.14 in Debian's
+Python runtime and on ``qemu-arm64:CPU`` for each CPU (the native runner; LiteRT (ai-edge-litert 1.4) in Debian's
 arm64 Python for .tflite), on the same photos. Reports the check's
 SQNR against the reference (float source, or the quantised graph for int8) and pass/fail by the same
 rules, plus the SQNR of the ARM output against the host's output. Needs qemu-user and

@@ -191,7 +191,9 @@ def _native_timing(dev: Any, cell: dict[str, Any], x: np.ndarray, warmup: int, i
         again = s.time(x, warmup=0, iterations=1)
     return {"load_ms_cold": r["load_ms"], "load_ms_warm": again["load_ms"],
             "first_inference_ms": r["first_inference_ms"], "samples_ms": r["samples_ms"],
-            "runtime_version": f"{s.runtime_version} ({r['arch']}, g++ {r['compiler']})",
+            # the TFLite runner names its runtime and Python; the native runner its compiler
+            "runtime_version": f"{s.runtime_version} ({r['arch']}, "
+                               f"{r['compiler'] if 'runtime' in r else 'g++ ' + r['compiler']})",
             "actual_threads": r["threads"], "emulated": dev.emulated}
 
 
@@ -447,7 +449,7 @@ def bench(
         bad_rt = sorted(({c["runtime"] for c in base_cells} | set(runtimes)) - {"executorch", "tflite", *NATIVE})
         if bad_rt:
             dev_ctx["machine"].close()
-            raise ValueError(f"{kind} times .pte (native runner) and .tflite (tflite-runtime, aarch64) files, not "
+            raise ValueError(f"{kind} times .pte (native runner) and .tflite (LiteRT, aarch64) files, not "
                              f"{', '.join(bad_rt)}")
     if kind == "adb":
         bad_art = [c["artifact"].name for c in base_cells if c["runtime"] not in ("executorch", "tflite")]

@@ -170,7 +170,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         from .machines import NativeSession, open_device
 
         if Path(args.artifact).suffix not in (".pte", ".tflite"):
-            raise ValueError(f"--device {args.device} runs .pte (native runner) and .tflite (tflite-runtime) files, "
+            raise ValueError(f"--device {args.device} runs .pte (native runner) and .tflite (LiteRT) files, "
                              f"not {Path(args.artifact).name}; check it on this host without --device")
         with open_device(args.device) as dev, NativeSession(dev, args.artifact, threads=args.threads) as session:
             result = check_artifact(args.artifact, data=args.data, limit=args.limit, threads=args.threads,
@@ -529,7 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Core ML, int8 TFLite and int8 ExecuTorch: compare every op with the PyTorch graph "
                         "and name the first that diverges")
     s.add_argument("--device", default="host",
-                   help="run a .pte (native runner) or a .tflite (tflite-runtime, aarch64) elsewhere: "
+                   help="run a .pte (native runner) or a .tflite (LiteRT, aarch64) elsewhere: "
                         "qemu-arm64[:CPU] (emulated ARM, default CPU cortex-a76) or ssh:[USER@]HOST[:PORT]; "
                         "default: this host's runtime")
     s.add_argument("--json", action="store_true", help="print one JSON object for machines")

@@ -84,7 +84,7 @@ class Device(ABC):
             return [self._bundles[bundle.key] + "/runner"], {}
         if suffix == ".tflite":
             if self.target != "aarch64":
-                raise DeviceError(f"{self.spec} runs .tflite files on aarch64 only (tflite-runtime's aarch64 "
+                raise DeviceError(f"{self.spec} runs .tflite files on aarch64 only (ai-edge-litert's aarch64 "
                                   "wheel); on this host, check them without --device")
             tfl = build_tflite_env(self.target)
             if tfl.key not in self._bundles:
@@ -342,7 +342,7 @@ class NativeSession(Session):
             raise DeviceError(f"no such program: {self.pte}")
         self.command, self.env = device.runner(self.pte.suffix)
         self.model = device.push(self.pte)
-        what = "executorch native runner" if self.pte.suffix == ".pte" else "tflite-runtime"
+        what = "executorch native runner" if self.pte.suffix == ".pte" else "LiteRT"
         self.runtime_version = f"{what} on {device.spec}"
         self.device_spec = device.spec
 

@@ -214,13 +214,14 @@ def parse_runner_output(stdout: str) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------
-# TFLite on aarch64: Debian's arm64 Python + tflite-runtime's aarch64 wheel, run by runner_src/tflite
+# TFLite on aarch64: Debian's arm64 Python + ai-edge-litert's aarch64 wheel, run by runner_src/tflite
 # --------------------------------------------------------------------------------------------
 
 TFLITE_SRC = Path(__file__).resolve().parent / "runner_src" / "tflite" / "run_tflite.py"
-# tflite-runtime's last aarch64 wheel is 2.14.0 (numpy 1.x; ai-edge-litert has no Linux aarch64 wheel for
-# the Python of Debian 12). Debian 12's arm64 python3.11 and the libraries its extension modules load.
-TFLITE_WHEELS = ("tflite-runtime==2.14.0", "numpy==1.26.4")
+# ai-edge-litert's last Linux aarch64 wheel for Python 3.11 is 1.4.0 (2.x has none). Not tflite-runtime 2.14:
+# its XNNPACK delegate left BATCH_MATMUL and more outside and split LeViT-128 into 30 (fp32) and 85 (int8)
+# partitions where LiteRT 1.4 and 2.3 make one. Debian 12's arm64 python3.11 and the libraries its modules load.
+TFLITE_WHEELS = ("ai-edge-litert==1.4.0", "numpy==1.26.4")
 ARM64_DEBS = ("python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib", "libexpat1", "zlib1g",
               "libffi8", "libssl3", "libbz2-1.0", "liblzma5", "libuuid1")
 DEBIAN_MIRROR = os.environ.get("MOBILEVITS_DEBIAN_MIRROR", "http://deb.debian.org/debian")
@@ -229,7 +230,7 @@ DEBIAN_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 
 @dataclass(frozen=True)
 class TfliteBundle:
-    """``python/`` (Debian's arm64 python3.11 unpacked), ``site/`` (numpy, tflite_runtime), ``run_tflite.py``."""
+    """``python/`` (Debian's arm64 python3.11 unpacked), ``site/`` (numpy, ai_edge_litert), ``run_tflite.py``."""
 
     folder: Path
     key: str
@@ -267,7 +268,7 @@ def _apt_download(packages: tuple[str, ...], dest: Path) -> None:
 
 
 def build_tflite_env(target: str = "aarch64", force: bool = False, log: Any = None) -> TfliteBundle:
-    """The aarch64 TFLite environment in the cache (about 30 MB), fetched once from Debian and PyPI."""
+    """The aarch64 TFLite environment in the cache (about 105 MB), fetched once from Debian and PyPI."""
     if target != "aarch64":
         raise ValueError("the TFLite runner environment is built for aarch64 only (the host runs .tflite in "
                          "its own Python)")
@@ -284,7 +285,7 @@ def build_tflite_env(target: str = "aarch64", force: bool = False, log: Any = No
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "debs").mkdir(parents=True)
     if log:
-        log("fetching Debian's arm64 python3.11 and tflite-runtime's aarch64 wheel")
+        log("fetching Debian's arm64 python3.11 and ai-edge-litert's aarch64 wheel")
     _apt_download(ARM64_DEBS, tmp / "debs")
     for deb in sorted((tmp / "debs").glob("*.deb")):
         subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp / "python")], check=True)

@@ -11,6 +11,7 @@ int8 <-> fp32 conversions around ops that have no int8 kernel: their count and s
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import statistics
@@ -115,7 +116,7 @@ def count_instructions(artifact: str | Path, threads: int = 1, seed: int = 0, de
     """Instructions executed per forward by the native runner: a cost figure that machine load does not move.
 
     ``host``: the host build under valgrind (callgrind; two counts of one program agree within about 1%).
-    ``qemu-arm64[:CPU]``: the aarch64 build (a .pte), or tflite-runtime in Debian's arm64 Python (a .tflite),
+    ``qemu-arm64[:CPU]``: the aarch64 build (a .pte), or LiteRT (ai-edge-litert) in Debian's arm64 Python (a .tflite),
     under qemu-aarch64 with a counting plugin (one thread; two counts of one program differ by a few
     thousand instructions per forward);
     XNNPACK picks its kernels from the emulated CPU's features, so ``cortex-a76`` counts its dot-product int8
@@ -166,12 +167,13 @@ def count_instructions(artifact: str | Path, threads: int = 1, seed: int = 0, de
                 raise RuntimeError(f"qemu run of the native runner with the counting plugin failed: "
                                    f"{p.stderr.strip()[-300:]}")
             counts[n] = int(out.read_text())
+            runner = json.loads(p.stdout.strip().splitlines()[-1])
         dev.plugins = []
         info = dev.info()
     return {"instructions_per_forward": (counts[3] - counts[1]) / 2, "instructions_load_and_first": counts[1],
             "arch": "aarch64", "device": dev.spec,
             "tool": f"{info['emulator']} -cpu {dev.cpu} with a counting plugin "
-                    f"({'tflite-runtime in arm64 Python' if artifact.suffix == '.tflite' else 'aarch64 build'})"}
+                    f"({runner['runtime'] + ' in arm64 Python' if 'runtime' in runner else 'aarch64 build'})"}
 
 
 def format_profile(r: dict[str, Any], rows: int = 15) -> str:

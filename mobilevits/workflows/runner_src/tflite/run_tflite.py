@@ -1,15 +1,17 @@
-"""mobilevits TFLite runner: the native runner's flags and JSON line, for a .tflite, with tflite-runtime.
+"""mobilevits TFLite runner: the native runner's flags and JSON line, for a .tflite, with LiteRT's interpreter.
 
     python run_tflite.py --model m.tflite --input x.npy [--output-dir DIR] [--threads N]
                          [--warmup W] [--iterations N]
 
-Runs where only numpy and tflite_runtime exist (an ARM board, or Debian's arm64 Python under qemu): it
-imports nothing of mobilevits. The interpreter applies XNNPACK by default, as on Android. An input may
+Runs where only numpy and ai_edge_litert (or the older tflite_runtime) exist (an ARM board, or Debian's arm64
+Python under qemu): it imports nothing of mobilevits. The interpreter applies XNNPACK by default, as on Android;
+the JSON line says how many delegate partitions it made (1: the whole graph runs in XNNPACK). An input may
 stack several samples on its first axis; timings use the first. Any problem: one "error: ..." line on
 stderr and exit code 2.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -35,8 +37,23 @@ def main():
         _fail(f"unknown flag {unknown[0]}")
     if args.threads < 1 or args.warmup < 0 or args.iterations < 1:
         _fail("--threads and --iterations must be >= 1, --warmup >= 0")
+    import importlib.metadata
+
     import numpy as np
-    from tflite_runtime.interpreter import Interpreter
+
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+
+        runtime = "ai-edge-litert"
+    except ImportError:  # a board with the older package only
+        try:
+            from tflite_runtime.interpreter import Interpreter
+
+            runtime = "tflite-runtime"
+        except ImportError:
+            _fail("neither ai_edge_litert nor tflite_runtime is importable: pip install ai-edge-litert")
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        runtime += " " + importlib.metadata.version(runtime)
 
     t0 = time.perf_counter()
     try:
@@ -45,6 +62,10 @@ def main():
     except Exception as e:  # noqa: BLE001 - any load failure is the same answer for the caller
         _fail(f"cannot load {args.model} ({str(e).splitlines()[0] if str(e) else type(e).__name__})")
     load_ms = (time.perf_counter() - t0) * 1e3
+    try:  # delegated nodes show up as one DELEGATE node per partition (private API: None when it is gone)
+        partitions = sum(op["op_name"] == "DELEGATE" for op in interp._get_ops_details())
+    except Exception:  # noqa: BLE001
+        partitions = None
     ins, outs = interp.get_input_details(), interp.get_output_details()
     if len(args.input) != len(ins):
         _fail(f"{args.model} takes {len(ins)} input(s), got {len(args.input)} --input")
@@ -89,7 +110,8 @@ def main():
     print(json.dumps({"runner": "mobilevits-tflite", "format": 1, "model": args.model, "threads": args.threads,
                       "load_ms": load_ms, "first_inference_ms": first_ms, "warmup": args.warmup,
                       "inputs_stacked": samples, "samples_ms": times, "outputs": written,
-                      "arch": platform.machine(), "compiler": "tflite-runtime, python " + platform.python_version()}))
+                      "arch": platform.machine(), "runtime": runtime, "delegate_partitions": partitions,
+                      "compiler": f"{runtime}, python {platform.python_version()}"}))
 
 
 if __name__ == "__main__":
