@@ -124,9 +124,11 @@ def test_tflite_on_qemu_arm64_through_debian_arm64_python(qemu, needs, artifact,
                   out=tmp_path, log=lambda m: None)
         assert b["cells"][0]["emulated"] and b["cells"][0]["runtime_version"].startswith("LiteRT on qemu")
         assert "ai-edge-litert 1.4.0" in b["cells"][0]["runtime_version"]
-        from mobilevits.workflows.profile import count_instructions
-
-        n = count_instructions(tfl, device="qemu-arm64")  # the Python interpreter's start-up cancels out
+        p = _cli("profile", tfl, "--device", "qemu-arm64")  # no ETDump for a .tflite: one line, exit 2
+        assert p.returncode == 2 and "--instructions --device qemu-arm64" in p.stderr and "Traceback" not in p.stderr
+        p = _cli("profile", tfl, "--device", "qemu-arm64", "--instructions", "--json")
+        assert p.returncode == 0, p.stderr[-2000:]
+        n = json.loads(p.stdout)  # the Python interpreter's start-up cancels out
         assert "ai-edge-litert" in n["tool"] and 1e5 < n["instructions_per_forward"] < n["instructions_load_and_first"]
 
 

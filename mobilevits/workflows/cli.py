@@ -203,10 +203,19 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from .report import to_json
 
     instructions = None
+    tflite = Path(args.artifact).suffix == ".tflite"
+    if tflite and not args.instructions:
+        raise ValueError(f"{args.artifact}: per-operator profiles read ExecuTorch's ETDump (a .pte); a .tflite gets "
+                         f"its instructions per forward: --instructions --device qemu-arm64")
     if args.instructions:  # first: its refusals (device, threads) come before the profile's run
         from .profile import count_instructions
 
         instructions = count_instructions(args.artifact, threads=args.threads, device=args.device)
+    if tflite:
+        print(to_json(instructions) if args.json else
+              f"{Path(args.artifact).name}: {instructions['instructions_per_forward'] / 1e6:.1f} M instructions per "
+              f"forward on {instructions['device']} ({instructions['tool']})")
+        return 0
     result = profile_artifact(args.artifact, device=args.device, threads=args.threads, warmup=args.warmup,
                               iterations=args.iterations, etdump=args.etdump)
     if instructions:
@@ -552,7 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("profile", help="per-operator time of a .pte (native runner + ETDump + ExecuTorch's "
                                        "Inspector): kinds, top 10, int8<->fp32 conversions, ops outside XNNPACK")
-    s.add_argument("artifact", help=".pte with its sidecar .json beside it")
+    s.add_argument("artifact", help=".pte with its sidecar .json beside it (a .tflite: --instructions only)")
     s.add_argument("--device", default="host",
                    help="host (default), qemu-arm64[:CPU] (emulated: shares are the emulator's) or "
                         "ssh:[USER@]HOST[:PORT]")
