@@ -10,7 +10,9 @@ around every quantisable op, as every backend did before issue #19; and int8 "af
 the int8 rewrites (``hardswish=int8``, ``dyrelu=relu``), from which each backend's default was decided
 (``Converter.prepare_model``); with ``--after default`` (the default) what each backend does now, so the table shows
 what a user gets. ExecuTorch's "after" also keeps an add or mul between float-only ops in float
-(``converters.base.merge_float_islands``). Where two columns are the same program it is converted once.
+(``converters.base.merge_float_islands``); TFLite's gives one-element constants their op's rank so that
+litert-torch keeps those ops in NHWC (``converters.tflite_backend._rank_matched_scalars``). Where two columns are
+the same program it is converted once.
 ``--convert-only`` stops after converting (to time later, on a quiet machine). Every int8 artifact is checked under
 the int8 rule. All artifacts are then timed side by side in one process (``mobilevits bench``: one thread,
 cells shuffled, ``--rounds`` sessions, median of session medians), and each ExecuTorch int8 program is
@@ -67,14 +69,15 @@ def artifact(model: str, backend: str, variant: str, out: Path) -> Path:
             check_artifact(existing[0], show_progress=False)  # a copied-in artifact: check it once
         return existing[0]
     from converters.executorch_backend import ExecuTorchConverter
+    from converters.tflite_backend import TFLiteConverter
 
     t0 = time.time()
-    ExecuTorchConverter.merge_islands = variant != "int8-before"
+    ExecuTorchConverter.merge_islands = TFLiteConverter.nhwc_constants = variant != "int8-before"
     try:
         r = convert(model, to=backend, precision=precision, out=folder, check=precision == "int8",
                     forms={"int8-before": BEFORE, "int8-after": AFTER}.get(variant), show_progress=False)
     finally:
-        ExecuTorchConverter.merge_islands = True
+        ExecuTorchConverter.merge_islands = TFLiteConverter.nhwc_constants = True
     print(f"  converted {model} {backend} {variant} in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
     return Path(r["artifact"])
 
@@ -84,7 +87,7 @@ def _program_key(model: str, backend: str, variant: str) -> tuple:
     an add/mul between float-only ops) whether those stay float."""
     forms = {"int8-before": _forms_of(model, BEFORE), "int8-after": _forms_of(model, AFTER),
              "int8-default": default_forms(model, backend)}[variant]
-    merged = backend == "executorch" and variant != "int8-before" and _merges(model) > 0
+    merged = variant != "int8-before" and (_merges(model) if backend == "executorch" else _nhwc_constants(model)) > 0
     return tuple(sorted(forms.items())), merged
 
 
@@ -103,6 +106,26 @@ def _merges(model: str) -> int:
     q = conv.quantizer("int8")
     q.annotate(torch.export.export(m, (torch.randn(1, 3, r, r),)).module())
     return len(q.merged_float_ops)
+
+
+@functools.cache
+def _nhwc_constants(model: str) -> int:
+    """How many one-element constants TFLite's int8 conversion gives its op's rank in ``model`` (with its default
+    forms), so that litert-torch keeps those ops in NHWC."""
+    import copy
+
+    import torch
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
+    import mobilevits
+    from converters import get_converter
+    from converters.tflite_backend import _rank_matched_scalars
+
+    conv = get_converter("tflite")
+    m = conv.prepare_model(mobilevits.create_model(model).eval(), "int8")
+    r = mobilevits.get_model_info(model).default_resolution
+    prepared = prepare_pt2e(torch.export.export(m, (torch.randn(1, 3, r, r),)).module(), conv.quantizer("int8"))
+    return len(_rank_matched_scalars(copy.deepcopy(prepared)))
 
 
 def _has_kinds(model: str, forms: dict[str, str]) -> bool:

@@ -26,6 +26,9 @@ class TFLiteConverter(Converter):
     packages = ("litert_torch",)
     runtime_packages = ("ai_edge_litert.interpreter",)
     fold_quantize = False
+    # int8: one-element constants of elementwise ops take the op's rank, so the NHWC layout pass keeps those
+    # ops in NHWC (_rank_matched_scalars); off only to measure what it saves (benchmarks/int8_forms.py)
+    nhwc_constants: ClassVar[bool] = True
     layers_source = "int8 activations matched a quantize node of the PyTorch graph"
 
     def compare_layers(self, path: Path, graph: Any, x: Any) -> dict[str, Any]:
@@ -81,6 +84,8 @@ class TFLiteConverter(Converter):
                 from litert_torch.quantize.quant_config import QuantConfig
 
                 _patch_litert_layout_pass_meta()
+                if self.nhwc_constants:
+                    _rank_matched_scalars(module)
 
                 edge = litert_torch.convert(module, example, quant_config=QuantConfig(pt2e_quantizer=quantizer))
             else:
@@ -206,6 +211,42 @@ def _retarget_signature(model: Any, old: int, new: int) -> None:
 
 
 _PATCHED: set[str] = set()
+_ELEMENTWISE = {torch.ops.aten.add.Tensor, torch.ops.aten.sub.Tensor, torch.ops.aten.mul.Tensor,
+                torch.ops.aten.div.Tensor}
+
+
+def _rank_matched_scalars(graph: torch.fx.GraphModule) -> list[str]:
+    """Give each one-element constant of an elementwise op the rank of the op's output, in place; returns the
+    constants reshaped.
+
+    PT2E turns ``x + 3.0`` into an add of a 0-D constant (so that it can be quantised). litert-torch 0.10's NHWC
+    layout pass runs an op in NHWC only when all its inputs are 4-D, so every such add or mul on an image
+    tensor ran in NCHW between two int8 TRANSPOSEs of the whole activation (measured: 36 TRANSPOSEs in
+    MobileNetV3-Small's int8 hardswish gates, one in its fp32 program). A (1, 1, 1, 1) constant broadcasts
+    to the same values, so the function is unchanged; the transposes go.
+    """
+    changed = []
+    if not isinstance(graph, torch.fx.GraphModule):
+        return changed
+    for node in graph.graph.nodes:
+        if node.op != "call_function" or node.target not in _ELEMENTWISE:
+            continue
+        val = node.meta.get("val")
+        rank = val.dim() if isinstance(val, torch.Tensor) else 0
+        for arg in node.args:
+            alone = True  # the constant feeds this op only (another op may have another rank)
+            while isinstance(arg, torch.fx.Node) and arg.op == "call_function" and "quantize" in str(arg.target):
+                alone &= len(arg.users) == 1
+                arg = arg.args[0]  # through quantize / dequantize to the constant
+            if not (isinstance(arg, torch.fx.Node) and arg.op == "get_attr" and alone and len(arg.users) == 1):
+                continue
+            owner_name, _, attr = arg.target.rpartition(".")
+            owner = graph.get_submodule(owner_name) if owner_name else graph
+            const = getattr(owner, attr)
+            if isinstance(const, torch.Tensor) and const.numel() == 1 and const.dim() < rank:
+                setattr(owner, attr, const.reshape([1] * rank))
+                changed.append(arg.target)
+    return changed
 
 
 def _patch_litert_layout_pass_meta() -> None:

@@ -183,3 +183,35 @@ def test_non_default_int8_forms_pass_the_int8_rule(tmp_path):
     r = convert("mobile_former_tiny", to="executorch", precision="int8", resolution=96, num_classes=10,
                 out=tmp_path, forms={"hardswish": "int8", "dyrelu": "relu"}, show_progress=False)
     assert r["check"]["passed"], r["check"]
+
+
+def test_tflite_int8_elementwise_constants_keep_the_graph_in_nhwc(artifact, monkeypatch):
+    # litert-torch ran every add/mul of a 0-D constant (the hardswish rewrite's x + 3 and * 1/6) in NCHW
+    # between two int8 TRANSPOSEs (12 in this model; the fp32 program has one, on the input)
+    from ai_edge_litert.interpreter import Interpreter
+
+    from converters import tflite_backend
+
+    r = artifact("mobilenetv3_tiny", "tflite", "int8", check=True)
+    ops = [o["op_name"] for o in Interpreter(model_path=r["artifact"])._get_ops_details()]
+    assert ops.count("TRANSPOSE") <= 1 and ops.count("MUL") >= 9, ops  # the rewrite is there, in NHWC
+    assert r["check"]["passed"], r["check"]
+    # the pass itself: a one-element constant takes its op's rank (same values); one shared by two ops stays
+    x = torch.randn(1, 2, 3, 4)
+    for shared, expect in ((False, 2), (True, 0)):
+        g = torch.export.export(_Scalars(shared), (x,)).module()
+        before = g(x)
+        changed = tflite_backend._rank_matched_scalars(g)
+        assert len(changed) == expect and all(getattr(g, c).shape == (1, 1, 1, 1) for c in changed)
+        torch.testing.assert_close(g(x), before, rtol=0, atol=0)
+
+
+class _Scalars(torch.nn.Module):
+    def __init__(self, shared: bool) -> None:
+        super().__init__()
+        self.register_buffer("three", torch.tensor(3.0))
+        self.register_buffer("sixth", torch.tensor(3.0 if shared else 1 / 6))
+        self.shared = shared
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x + self.three) * (self.three if self.shared else self.sixth)
