@@ -185,7 +185,7 @@ def test_non_default_int8_forms_pass_the_int8_rule(tmp_path):
     assert r["check"]["passed"], r["check"]
 
 
-def test_tflite_int8_elementwise_constants_keep_the_graph_in_nhwc(artifact, monkeypatch):
+def test_tflite_int8_elementwise_constants_keep_the_graph_in_nhwc(artifact):
     # litert-torch ran every add/mul of a 0-D constant (the hardswish rewrite's x + 3 and * 1/6) in NCHW
     # between two int8 TRANSPOSEs (12 in this model; the fp32 program has one, on the input)
     from ai_edge_litert.interpreter import Interpreter
