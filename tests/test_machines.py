@@ -233,7 +233,8 @@ def test_profile_cli_on_qemu_is_labelled_and_rejects_other_formats(qemu, artifac
     p = _cli("profile", pte, "--device", "qemu-arm64", "--iterations", "2", "--warmup", "0")
     assert p.returncode == 0 and "EMULATED qemu-arm64 CPU cortex-a76" in p.stdout
     p = _cli("profile", str(tmp_path / "m.tflite"))
-    assert p.returncode == 2 and "profile reads ExecuTorch programs (.pte)" in p.stderr
+    # per-operator profiles read ETDump, which only a .pte writes; the line names the .tflite route
+    assert p.returncode == 2 and "ETDump (a .pte)" in p.stderr and "--instructions --device qemu-arm64" in p.stderr
     p = _cli("profile", pte, "--device", "qemu-arm64", "--threads", "2", "--instructions")
     assert p.returncode == 2 and "counted for one thread" in p.stderr and "Traceback" not in p.stderr
 
