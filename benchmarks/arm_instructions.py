@@ -30,9 +30,9 @@ from converters import atomic_write_text  # noqa: E402
 from mobilevits.workflows.profile import count_instructions  # noqa: E402
 
 
-def _save(path: Path, row: dict) -> dict:
+def _save(path: Path, row: dict) -> None:
     """Put ``row`` into the rows at ``path`` (replacing the one for its model, backend and device) under a lock,
-    so that two runs (``--shard``) can share one file; returns the document."""
+    so that two runs (``--shard``) can share one file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     key = (row["model"], row["backend"], row["device"])
     with open(path.with_suffix(".lock"), "w") as lock:
@@ -40,7 +40,6 @@ def _save(path: Path, row: dict) -> dict:
         doc = json.loads(path.read_text()) if path.is_file() else {"rows": []}
         doc["rows"] = [r for r in doc["rows"] if (r["model"], r["backend"], r["device"]) != key] + [row]
         atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
-    return doc
 
 
 def main() -> int:
@@ -80,10 +79,10 @@ def main() -> int:
                 row[precision] = {"artifact": str(path), "instructions_per_forward": n["instructions_per_forward"],
                                   "instructions_load_and_first": n["instructions_load_and_first"], "tool": n["tool"]}
             row["int8_over_fp32"] = row["int8"]["instructions_per_forward"] / row["fp32"]["instructions_per_forward"]
-            doc = _save(args.json, row)
+            _save(args.json, row)
             print(f"  {model} {backend}: int8/fp32 {row['int8_over_fp32']:.2f} ({time.time() - t0:.0f} s)",
                   file=sys.stderr, flush=True)
-    doc = json.loads(args.json.read_text()) if args.json.is_file() else doc  # with the other shards' rows
+    doc = json.loads(args.json.read_text()) if args.json.is_file() else {"rows": []}  # with the other shards' rows
     by = {(r["model"], r["backend"]): r for r in doc["rows"] if r["device"] == device}
     both = set(backends) >= {"executorch", "tflite"}  # then also ExecuTorch's fp32 against LiteRT's
     print("| model | " + " | ".join(f"{b} fp32 M instr | {b} int8 M instr | {b} int8/fp32" for b in backends)

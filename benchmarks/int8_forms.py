@@ -91,41 +91,39 @@ def _program_key(model: str, backend: str, variant: str) -> tuple:
     return tuple(sorted(forms.items())), merged
 
 
-@functools.cache
-def _merges(model: str) -> int:
-    """How many ops ExecuTorch's int8 quantizer keeps float between float-only ops in ``model``."""
+def _int8_graph(model: str, backend: str):
+    """``model`` as ``backend``'s int8 conversion exports it (its default forms, re-parameterised), and the quantizer
+    that conversion uses."""
     import torch
 
     import mobilevits
     from converters import get_converter
 
-    conv = get_converter("executorch")
+    conv = get_converter(backend)
     m = conv.prepare_model(mobilevits.create_model(model).eval(), "int8")
     mobilevits.reparameterize_model(m)
     r = mobilevits.get_model_info(model).default_resolution
-    q = conv.quantizer("int8")
-    q.annotate(torch.export.export(m, (torch.randn(1, 3, r, r),)).module())
-    return len(q.merged_float_ops)
+    return torch.export.export(m, (torch.randn(1, 3, r, r),)).module(), conv.quantizer("int8")
+
+
+@functools.cache
+def _merges(model: str) -> int:
+    """How many ops ExecuTorch's int8 quantizer keeps float between float-only ops in ``model``."""
+    graph, quantizer = _int8_graph(model, "executorch")
+    quantizer.annotate(graph)
+    return len(quantizer.merged_float_ops)
 
 
 @functools.cache
 def _nhwc_constants(model: str) -> int:
-    """How many one-element constants TFLite's int8 conversion gives its op's rank in ``model`` (with its default
-    forms), so that litert-torch keeps those ops in NHWC."""
-    import copy
-
-    import torch
+    """How many one-element constants TFLite's int8 conversion gives its op's rank in ``model``, so that
+    litert-torch keeps those ops in NHWC."""
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
-    import mobilevits
-    from converters import get_converter
     from converters.tflite_backend import _rank_matched_scalars
 
-    conv = get_converter("tflite")
-    m = conv.prepare_model(mobilevits.create_model(model).eval(), "int8")
-    r = mobilevits.get_model_info(model).default_resolution
-    prepared = prepare_pt2e(torch.export.export(m, (torch.randn(1, 3, r, r),)).module(), conv.quantizer("int8"))
-    return len(_rank_matched_scalars(copy.deepcopy(prepared)))
+    graph, quantizer = _int8_graph(model, "tflite")
+    return len(_rank_matched_scalars(prepare_pt2e(graph, quantizer)))
 
 
 def _has_kinds(model: str, forms: dict[str, str]) -> bool:
