@@ -47,6 +47,8 @@ class Delegation:
     delegated_ops: dict[str, int] = field(default_factory=dict)
     partitions: int = 0
     note: str = ""
+    # a quantised program's ops that compute in float between a dequantise and a quantise, by type
+    float_ops: dict[str, int] = field(default_factory=dict)
 
     @property
     def fraction(self) -> float:
@@ -57,19 +59,23 @@ class Delegation:
         return {"delegated": self.delegated, "not_delegated": self.not_delegated,
                 "not_delegated_ops": dict(sorted(self.not_delegated_ops.items())),
                 "delegated_ops": dict(sorted(self.delegated_ops.items())), "partitions": self.partitions,
-                "fraction": round(self.fraction, 4), "note": self.note}
+                "fraction": round(self.fraction, 4), "note": self.note,
+                "float_ops": dict(sorted(self.float_ops.items()))}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Delegation:
         return cls(d.get("delegated", 0), d.get("not_delegated", 0), dict(d.get("not_delegated_ops", {})),
-                   dict(d.get("delegated_ops", {})), d.get("partitions", 0), d.get("note", ""))
+                   dict(d.get("delegated_ops", {})), d.get("partitions", 0), d.get("note", ""),
+                   dict(d.get("float_ops", {})))
 
     def summary(self) -> str:
         if not self.delegated and not self.not_delegated:
             return self.note or "n/a"
         left = ", ".join(f"{k} x{v}" for k, v in sorted(self.not_delegated_ops.items())) or "none"
+        floats = ", ".join(f"{k} x{v}" for k, v in sorted(self.float_ops.items()))
         return (f"{self.delegated}/{self.delegated + self.not_delegated} ops delegated "
-                f"({100 * self.fraction:.1f}%, {self.partitions} partition(s)); outside: {left}")
+                f"({100 * self.fraction:.1f}%, {self.partitions} partition(s)); outside: {left}"
+                + (f"; in float between int8 ops: {floats}" if floats else ""))
 
 
 class Session(ABC):

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from .base import FP32_FORMS, Converter, Delegation, Session, keep_float, quiet, register_converter
+from .base import FP32_FORMS, Converter, Delegation, Session, keep_float, merge_float_islands, quiet, register_converter
 
 
 @register_converter
@@ -29,6 +29,8 @@ class TFLiteConverter(Converter):
     # int8: one-element constants of elementwise ops take the op's rank, so the NHWC layout pass keeps those
     # ops in NHWC (_rank_matched_scalars); off only to measure what it saves (benchmarks/int8_forms.py)
     nhwc_constants: ClassVar[bool] = True
+    # keep an add/mul between float-only ops float (converters.base.merge_float_islands); off only to measure it
+    merge_islands: ClassVar[bool] = True
     layers_source = "int8 activations matched a quantize node of the PyTorch graph"
 
     def compare_layers(self, path: Path, graph: Any, x: Any) -> dict[str, Any]:
@@ -54,7 +56,10 @@ class TFLiteConverter(Converter):
         if qat:
             _patch_litert_qat_pattern_helper()
         q = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=qat))
-        return keep_float(_share_resize_qparams(q))
+        q = keep_float(_share_resize_qparams(_with_source_fns(q)))
+        # with adds and muls annotated, one between two float-only ops (LeViT's attention bias between its
+        # float batch matmul and softmax) would cost a QUANTIZE and a DEQUANTIZE: it stays in the float island
+        return merge_float_islands(q) if self.merge_islands else q
 
     def preflight(self, program: torch.export.ExportedProgram, precision: str) -> list[str]:
         reasons = super().preflight(program, precision)
@@ -134,7 +139,22 @@ class TFLiteConverter(Converter):
                 continue
             (inside if op["index"] in taken else outside)[op["op_name"]] += 1
         return Delegation(sum(inside.values()), sum(outside.values()), dict(outside), dict(inside), len(delegates),
-                          note="delegate: XNNPACK (LiteRT default CPU delegate)")
+                          note="delegate: XNNPACK (LiteRT default CPU delegate)", float_ops=float_ops(it))
+
+
+def float_ops(interpreter: Any) -> dict[str, int]:
+    """Ops of a quantised TFLite program that compute in float (fed by a DEQUANTIZE, read by a QUANTIZE), by type;
+    empty for a float program. ``interpreter``: a loaded ``Interpreter`` or a ``.tflite`` path."""
+    if not hasattr(interpreter, "_get_ops_details"):
+        from ai_edge_litert.interpreter import Interpreter
+
+        with quiet():
+            interpreter = Interpreter(model_path=str(interpreter))
+    dtype = {t["index"]: np.dtype(t["dtype"]) for t in interpreter.get_tensor_details()}
+    ops = [op for op in interpreter._get_ops_details() if op["op_name"] not in ("DELEGATE", "QUANTIZE", "DEQUANTIZE")]
+    quantised = any(dtype[int(t)] in (np.int8, np.uint8) for op in ops for t in op["outputs"])
+    return dict(Counter(op["op_name"] for op in ops if quantised
+                        and any(dtype[int(t)] == np.float32 for t in op["outputs"])))
 
 
 def float_io(path: Path) -> bool:
@@ -312,6 +332,44 @@ def _share_resize_qparams(quantizer: Any) -> Any:
                 n.meta["quantization_annotation"] = QuantizationAnnotation(
                     input_qspec_map={prev: act}, output_qspec=SharedQuantizationSpec((prev, n)), _annotated=True)
         return model
+
+    quantizer.annotate = annotate
+    return quantizer
+
+
+# What litert-torch's annotators look for in ``source_fn_stack`` (get_source_partitions), by the aten op
+# torch.export leaves: adds, muls, concatenations, pools and the ReLU of its add+relu / mul+relu patterns.
+_SOURCE_FNS = {torch.ops.aten.add.Tensor: torch.add, torch.ops.aten.add_.Tensor: torch.add,
+               torch.ops.aten.mul.Tensor: torch.mul, torch.ops.aten.mul_.Tensor: torch.mul,
+               torch.ops.aten.cat.default: torch.cat,
+               torch.ops.aten.max_pool2d.default: torch.nn.functional.max_pool2d,
+               torch.ops.aten.adaptive_avg_pool2d.default: torch.nn.functional.adaptive_avg_pool2d,
+               torch.ops.aten.relu.default: torch.nn.ReLU, torch.ops.aten.relu_.default: torch.nn.ReLU}
+
+
+def _with_source_fns(quantizer: Any) -> Any:
+    """Let litert-torch's quantizer see the adds, muls, concatenations and pools; returns ``quantizer``.
+
+    Its annotators for those ops find them by ``node.meta["source_fn_stack"]``, which torch 2.13's
+    ``torch.export`` no longer records, so none of them was annotated: an add stayed int8 in the .tflite only
+    where both neighbours happened to quantise, and elsewhere ran in float between a DEQUANTIZE and a QUANTIZE
+    (MobileNetV3-Small int8: 4 float ADDs). Before annotating, each such node on an image-shaped (rank-4) tensor
+    without a record gets one naming the function the annotator expects (``_SOURCE_FNS``); nothing else changes.
+
+    Token tensors (rank 3) are left as litert-torch finds them: quantising the residual stream of a transformer
+    that carries a class token of a few hundredths beside patch tokens of tens put both on one int8 scale, and
+    LiteRT's int8 ADD, one step off PyTorch's rounding, moved the class token enough that the final LayerNorm
+    amplified it: TNT's tiny test model fell to 16 dB against its quantised graph (tests/test_converters.py).
+    """
+    original = quantizer.annotate
+
+    def annotate(model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+        for n in model.graph.nodes:
+            val = n.meta.get("val")
+            if (n.op == "call_function" and n.target in _SOURCE_FNS and not n.meta.get("source_fn_stack")
+                    and isinstance(val, torch.Tensor) and val.dim() == 4):
+                n.meta["source_fn_stack"] = [(n.name, _SOURCE_FNS[n.target])]
+        return original(model)
 
     quantizer.annotate = annotate
     return quantizer

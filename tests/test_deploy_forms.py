@@ -1,6 +1,8 @@
 """Deploy formulations (issue #19): each form of a kind computes the same function, and the int8 forms keep
 activations in int8 on the backends that lack an int8 hardswish or maximum."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -204,6 +206,23 @@ def test_tflite_int8_elementwise_constants_keep_the_graph_in_nhwc(artifact):
         changed = tflite_backend._rank_matched_scalars(g)
         assert len(changed) == expect and all(getattr(g, c).shape == (1, 1, 1, 1) for c in changed)
         torch.testing.assert_close(g(x), before, rtol=0, atol=0)
+
+
+def test_tflite_int8_runs_adds_muls_and_pools_in_int8(artifact):
+    # litert-torch's annotators find adds, muls, cats and pools by node.meta["source_fn_stack"], which
+    # torch.export no longer records: without tflite_backend._with_source_fns an add stayed int8 only where its
+    # neighbours happened to quantise (EfficientNet's residual add after a float SiLU block ran in float)
+    from converters.tflite_backend import float_ops
+
+    r = artifact("mobilenetv3_tiny", "tflite", "int8", check=True)
+    assert float_ops(r["artifact"]) == {} and r["check"]["passed"], r["check"]
+    assert r["delegation"]["float_ops"] == {}
+    r = artifact("efficientnet_tiny", "tflite", "int8", check=True)
+    floats = float_ops(r["artifact"])
+    assert "ADD" not in floats and r["check"]["passed"], (floats, r["check"])
+    # the count sees what does stay float: litert-torch has no int8 SiLU (a LOGISTIC and a MUL in float)
+    assert floats.get("LOGISTIC", 0) > 0
+    assert "in float between int8 ops: " in get_converter("tflite").delegation(Path(r["artifact"])).summary()
 
 
 class _Scalars(torch.nn.Module):
