@@ -238,7 +238,9 @@ class TfliteBundle:
     @staticmethod
     def command(folder: str) -> tuple[list[str], dict[str, str]]:
         """argv prefix and environment that run the script from the bundle at ``folder`` on the device."""
+        # a fixed hash seed: one program's start-up then executes the same instructions on every run
         env = {"PYTHONHOME": f"{folder}/python/usr", "PYTHONPATH": f"{folder}/site", "PYTHONNOUSERSITE": "1",
+               "PYTHONHASHSEED": "0",
                "LD_LIBRARY_PATH": f"{folder}/python/usr/lib/aarch64-linux-gnu:{folder}/python/lib/aarch64-linux-gnu"}
         return [f"{folder}/python/usr/bin/python3.11", f"{folder}/run_tflite.py"], env
 

@@ -120,7 +120,8 @@ def count_instructions(artifact: str | Path, threads: int = 1, seed: int = 0, de
     under qemu-aarch64 with a counting plugin (one thread; two counts of one program differ by a few
     thousand instructions per forward);
     XNNPACK picks its kernels from the emulated CPU's features, so ``cortex-a76`` counts its dot-product int8
-    kernels. Two runs (1 and 3 timed forwards) cancel the load and the first inference: (I3 - I1) / 2."""
+    kernels. Two runs (1 and N timed forwards) cancel the load and the first inference: (IN - I1) / (N - 1), N = 3
+    for the native runner and 11 for a .tflite (its Python's start-up varies by a few M instructions)."""
     from converters import RuntimeUnavailableError
 
     from .machines import DeviceError, QemuArm64, open_device
@@ -158,7 +159,12 @@ def count_instructions(artifact: str | Path, threads: int = 1, seed: int = 0, de
         argv, env = dev.runner(artifact.suffix)  # the native runner, or the TFLite script in arm64 Python
         work = Path(dev.mkdir("instr"))
         np.save(work / "x.npy", x)
-        for n in (1, 3):
+        # the arm64 Python that runs a .tflite starts with about 3 G instructions that vary by a few M between
+        # runs (four counts of one MobileNetV3-Small program per forward from (I3 - I1) / 2: 30.1-33.4 M); 11
+        # forwards divide that by 5 (the runner's Python also has a fixed hash seed); the native runner starts in a
+        # few M instructions and takes 3
+        last = 11 if artifact.suffix == ".tflite" else 3
+        for n in (1, last):
             out = work / f"count{n}.txt"
             dev.plugins = [f"{plugin},out={out}"]
             p = dev.run([*argv, "--model", str(artifact), "--input", str(work / "x.npy"), "--threads", "1",
@@ -170,8 +176,8 @@ def count_instructions(artifact: str | Path, threads: int = 1, seed: int = 0, de
             runner = json.loads(p.stdout.strip().splitlines()[-1])
         dev.plugins = []
         info = dev.info()
-    return {"instructions_per_forward": (counts[3] - counts[1]) / 2, "instructions_load_and_first": counts[1],
-            "arch": "aarch64", "device": dev.spec,
+    return {"instructions_per_forward": (counts[last] - counts[1]) / (last - 1),
+            "instructions_load_and_first": counts[1], "forwards_counted": last, "arch": "aarch64", "device": dev.spec,
             "tool": f"{info['emulator']} -cpu {dev.cpu} with a counting plugin "
                     f"({runner['runtime'] + ' in arm64 Python' if 'runtime' in runner else 'aarch64 build'})"}
 
