@@ -54,9 +54,11 @@ def artifact(model: str, backend: str, variant: str, out: Path) -> Path:
 
     ``int8-before``: the one-kernel forms and per-op int8 boundaries, what every backend did before issue #19;
     ``int8-after``: the int8 rewrites; ``int8-default``: what the backend does now. ExecuTorch's ``after`` and
-    ``default`` keep an add/mul between float-only ops float (``merge_float_islands``)."""
+    ``default`` keep an add/mul between float-only ops float (``merge_float_islands``). ``int8-KIND=FORM[,...]``:
+    what the backend does now with those forms instead of its own (``variant_forms``)."""
     precision = "fp32" if variant == "fp32" else "int8"
-    if precision == "int8":
+    custom = variant_forms(variant)
+    if precision == "int8" and custom is None:
         same = _program_key(model, backend, variant)
         first = next(v for v in ("int8-before", "int8-after", "int8-default")
                      if _program_key(model, backend, v) == same)
@@ -75,11 +77,18 @@ def artifact(model: str, backend: str, variant: str, out: Path) -> Path:
     ExecuTorchConverter.merge_islands = TFLiteConverter.nhwc_constants = variant != "int8-before"
     try:
         r = convert(model, to=backend, precision=precision, out=folder, check=precision == "int8",
-                    forms={"int8-before": BEFORE, "int8-after": AFTER}.get(variant), show_progress=False)
+                    forms={"int8-before": BEFORE, "int8-after": AFTER}.get(variant, custom), show_progress=False)
     finally:
         ExecuTorchConverter.merge_islands = TFLiteConverter.nhwc_constants = True
     print(f"  converted {model} {backend} {variant} in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
     return Path(r["artifact"])
+
+
+def variant_forms(variant: str) -> dict[str, str] | None:
+    """The forms of an ``int8-KIND=FORM[,KIND=FORM]`` variant (e.g. ``int8-hardswish=native``), else None."""
+    if not variant.startswith("int8-") or "=" not in variant:
+        return None
+    return dict(kv.split("=", 1) for kv in variant.removeprefix("int8-").split(","))
 
 
 def _program_key(model: str, backend: str, variant: str) -> tuple:
