@@ -11,8 +11,9 @@ the int8 rewrites (``hardswish=int8``, ``dyrelu=relu``), from which each backend
 (``Converter.prepare_model``); with ``--after default`` (the default) what each backend does now, so the table shows
 what a user gets. ExecuTorch's "after" also keeps an add or mul between float-only ops in float
 (``converters.base.merge_float_islands``); TFLite's gives one-element constants their op's rank so that
-litert-torch keeps those ops in NHWC (``converters.tflite_backend._rank_matched_scalars``). Where two columns are
-the same program it is converted once.
+litert-torch keeps those ops in NHWC (``converters.tflite_backend._rank_matched_scalars``), lets litert-torch's
+quantizer see the adds, muls and pools of image tensors (``_with_source_fns``) and merges float islands too.
+Where two columns are the same program it is converted once.
 ``--convert-only`` stops after converting (to time later, on a quiet machine). Every int8 artifact is checked under
 the int8 rule. All artifacts are then timed side by side in one process (``mobilevits bench``: one thread,
 cells shuffled, ``--rounds`` sessions, median of session medians), and each ExecuTorch int8 program is
@@ -74,12 +75,15 @@ def artifact(model: str, backend: str, variant: str, out: Path) -> Path:
     from converters.tflite_backend import TFLiteConverter
 
     t0 = time.time()
-    ExecuTorchConverter.merge_islands = TFLiteConverter.nhwc_constants = variant != "int8-before"
+    now = variant != "int8-before"  # "before": none of the int8 passes of issue #19
+    ExecuTorchConverter.merge_islands = TFLiteConverter.merge_islands = now
+    TFLiteConverter.nhwc_constants = TFLiteConverter.source_fns = now
     try:
         r = convert(model, to=backend, precision=precision, out=folder, check=precision == "int8",
                     forms={"int8-before": BEFORE, "int8-after": AFTER}.get(variant, custom), show_progress=False)
     finally:
-        ExecuTorchConverter.merge_islands = TFLiteConverter.nhwc_constants = True
+        ExecuTorchConverter.merge_islands = TFLiteConverter.merge_islands = True
+        TFLiteConverter.nhwc_constants = TFLiteConverter.source_fns = True
     print(f"  converted {model} {backend} {variant} in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
     return Path(r["artifact"])
 
@@ -96,7 +100,8 @@ def _program_key(model: str, backend: str, variant: str) -> tuple:
     an add/mul between float-only ops) whether those stay float."""
     forms = {"int8-before": _forms_of(model, BEFORE), "int8-after": _forms_of(model, AFTER),
              "int8-default": default_forms(model, backend)}[variant]
-    merged = variant != "int8-before" and (_merges(model) if backend == "executorch" else _nhwc_constants(model)) > 0
+    # TFLite's "after" always differs: its quantizer now sees the adds and muls every model has
+    merged = variant != "int8-before" and (backend == "tflite" or _merges(model) > 0)
     return tuple(sorted(forms.items())), merged
 
 
@@ -121,18 +126,6 @@ def _merges(model: str) -> int:
     graph, quantizer = _int8_graph(model, "executorch")
     quantizer.annotate(graph)
     return len(quantizer.merged_float_ops)
-
-
-@functools.cache
-def _nhwc_constants(model: str) -> int:
-    """How many one-element constants TFLite's int8 conversion gives its op's rank in ``model``, so that
-    litert-torch keeps those ops in NHWC."""
-    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
-
-    from converters.tflite_backend import _rank_matched_scalars
-
-    graph, quantizer = _int8_graph(model, "tflite")
-    return len(_rank_matched_scalars(prepare_pt2e(graph, quantizer)))
 
 
 def _has_kinds(model: str, forms: dict[str, str]) -> bool:

@@ -29,8 +29,10 @@ class TFLiteConverter(Converter):
     # int8: one-element constants of elementwise ops take the op's rank, so the NHWC layout pass keeps those
     # ops in NHWC (_rank_matched_scalars); off only to measure what it saves (benchmarks/int8_forms.py)
     nhwc_constants: ClassVar[bool] = True
-    # keep an add/mul between float-only ops float (converters.base.merge_float_islands); off only to measure it
+    # keep an add/mul between float-only ops float (converters.base.merge_float_islands), and let litert-torch's
+    # annotators see adds, muls and pools (_with_source_fns); off only to measure what they change
     merge_islands: ClassVar[bool] = True
+    source_fns: ClassVar[bool] = True
     layers_source = "int8 activations matched a quantize node of the PyTorch graph"
 
     def compare_layers(self, path: Path, graph: Any, x: Any) -> dict[str, Any]:
@@ -56,7 +58,7 @@ class TFLiteConverter(Converter):
         if qat:
             _patch_litert_qat_pattern_helper()
         q = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=qat))
-        q = keep_float(_share_resize_qparams(_with_source_fns(q)))
+        q = keep_float(_share_resize_qparams(_with_source_fns(q) if self.source_fns else q))
         # with adds and muls annotated, one between two float-only ops (LeViT's attention bias between its
         # float batch matmul and softmax) would cost a QUANTIZE and a DEQUANTIZE: it stays in the float island
         return merge_float_islands(q) if self.merge_islands else q
