@@ -145,8 +145,9 @@ class TFLiteConverter(Converter):
 
 
 def float_ops(interpreter: Any) -> dict[str, int]:
-    """Ops of a quantised TFLite program that compute in float (fed by a DEQUANTIZE, read by a QUANTIZE), by type;
-    empty for a float program. ``interpreter``: a loaded ``Interpreter`` or a ``.tflite`` path."""
+    """Ops of a quantised TFLite program that compute in float (a float32 output; between the program's
+    DEQUANTIZE and QUANTIZE ops), by type; empty for a float program. ``interpreter``: a loaded ``Interpreter``
+    or a ``.tflite`` path."""
     if not hasattr(interpreter, "_get_ops_details"):
         from ai_edge_litert.interpreter import Interpreter
 
