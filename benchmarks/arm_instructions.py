@@ -83,7 +83,8 @@ def main() -> int:
                 if key in row:
                     continue
                 forms = variant_forms(variant)
-                if forms is not None and default_forms(model, backend) == {**default_forms(model, backend), **forms}:
+                own = default_forms(model, backend) if forms is not None else None
+                if own is not None and own == {**own, **forms}:
                     row[key] = dict(row["int8"])  # the backend's own forms already: the same program
                     continue
                 path = artifact(model, backend, variant, args.out)
