@@ -39,11 +39,12 @@ class TFLiteConverter(Converter):
         return compare_layers(path, graph, x)
 
 
-    # LiteRT's XNNPACK delegate takes no int8 HARD_SWISH: TFLite's own kernel ran it outside the delegate, and the
-    # int8 rewrite measured much faster (MobileNetV3-Large int8 7.4 -> 4.4 ms, LeViT-128S 6.2 -> 4.0 ms). Its int8
-    # MAXIMUM also runs outside, yet the dynamic-ReLU rewrite measured slower (Mobile-Former-294M 10.4 vs 11.2 ms),
-    # so dyrelu keeps max (benchmarks/int8_forms.py, BENCHMARKS.md).
-    INT8_FORMS: ClassVar[dict[str, str]] = {"hardswish": "int8", "dyrelu": "max"}
+    # int8 keeps one kernel per activation, measured on a phone's core: LiteRT's int8 HARD_SWISH counted 6-10% fewer
+    # cortex-a76 instructions than the add/clamp/mul rewrite (benchmarks/arm_instructions.py), although on this x86
+    # host the rewrite ran faster (MobileNetV3-Large 7.4 -> 4.4 ms) because XNNPACK's x86 delegate takes no int8
+    # HARD_SWISH; `--form hardswish=int8` keeps that choice for x86 targets. The dynamic-ReLU rewrite measured
+    # slower (Mobile-Former-294M 10.4 vs 11.2 ms), so dyrelu keeps max (benchmarks/int8_forms.py, BENCHMARKS.md).
+    INT8_FORMS: ClassVar[dict[str, str]] = {"hardswish": "native", "dyrelu": "max"}
 
     def prepare_model(self, model: torch.nn.Module, precision: str = "fp32") -> torch.nn.Module:
         from mobilevits.layers import set_deploy_forms
@@ -347,7 +348,21 @@ _SOURCE_FNS = {torch.ops.aten.add.Tensor: torch.add, torch.ops.aten.add_.Tensor:
                torch.ops.aten.cat.default: torch.cat,
                torch.ops.aten.max_pool2d.default: torch.nn.functional.max_pool2d,
                torch.ops.aten.adaptive_avg_pool2d.default: torch.nn.functional.adaptive_avg_pool2d,
-               torch.ops.aten.relu.default: torch.nn.ReLU, torch.ops.aten.relu_.default: torch.nn.ReLU}
+               torch.ops.aten.relu.default: torch.nn.ReLU, torch.ops.aten.relu_.default: torch.nn.ReLU,
+               # a spatial mean (squeeze-excitation, global pool) is what the adaptive-pool annotator accepts
+               torch.ops.aten.mean.dim: torch.nn.functional.adaptive_avg_pool2d}
+
+
+def _image_shaped(n: torch.fx.Node) -> bool:
+    """Whether ``n`` computes on an image tensor (N, C, H, W); a mean only if it averages over H and W."""
+    if n.target == torch.ops.aten.mean.dim:
+        x = n.args[0].meta.get("val") if isinstance(n.args[0], torch.fx.Node) else None
+        dims = n.args[1] if len(n.args) > 1 else None
+        # a mean over channels is a LayerNorm's statistic: it keeps its own scale
+        return (isinstance(x, torch.Tensor) and x.dim() == 4 and dims is not None
+                and sorted(d % 4 for d in dims) == [2, 3])
+    val = n.meta.get("val")
+    return isinstance(val, torch.Tensor) and val.dim() == 4
 
 
 def _with_source_fns(quantizer: Any) -> Any:
@@ -358,6 +373,8 @@ def _with_source_fns(quantizer: Any) -> Any:
     where both neighbours happened to quantise, and elsewhere ran in float between a DEQUANTIZE and a QUANTIZE
     (MobileNetV3-Small int8: 4 float ADDs). Before annotating, each such node on an image-shaped (rank-4) tensor
     without a record gets one naming the function the annotator expects (``_SOURCE_FNS``); nothing else changes.
+    A spatial mean counts as an average pool: squeeze-excitation's mean of a native int8 HARD_SWISH otherwise
+    read it in float (MobileNetV3's tiny model: 2 HARD_SWISH and 2 MEAN between a DEQUANTIZE and a QUANTIZE).
 
     Token tensors (rank 3) are left as litert-torch finds them: quantising the residual stream of a transformer
     that carries a class token of a few hundredths beside patch tokens of tens put both on one int8 scale, and
@@ -368,9 +385,8 @@ def _with_source_fns(quantizer: Any) -> Any:
 
     def annotate(model: torch.fx.GraphModule) -> torch.fx.GraphModule:
         for n in model.graph.nodes:
-            val = n.meta.get("val")
             if (n.op == "call_function" and n.target in _SOURCE_FNS and not n.meta.get("source_fn_stack")
-                    and isinstance(val, torch.Tensor) and val.dim() == 4):
+                    and _image_shaped(n)):
                 n.meta["source_fn_stack"] = [(n.name, _SOURCE_FNS[n.target])]
         return original(model)
 
