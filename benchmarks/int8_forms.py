@@ -44,8 +44,11 @@ FAMILIES = ["mobilevit_xxs", "mobilevit_xs", "mobilevit_s", "levit_128s", "levit
             "levit_384", "mobile_former_26m", "mobile_former_52m", "mobile_former_96m", "mobile_former_151m",
             "mobile_former_214m", "mobile_former_294m", "mobile_former_508m", "mobilenetv3_small_075",
             "mobilenetv3_small_100", "mobilenetv3_large_075", "mobilenetv3_large_100", "efficientnet_b0", "sepvit_lite"]
-BEFORE = {"hardswish": "native", "dyrelu": "max"}  # one kernel each: the forms every backend got before issue #19
-AFTER = {"hardswish": "int8", "dyrelu": "relu"}  # the int8 rewrites
+# one kernel each: the forms every backend got before issue #19
+BEFORE = {"hardswish": "native", "dyrelu": "max", "silu": "native"}
+# the exact int8 rewrites of the activations neither XNNPACK has in int8 (SiLU has none: its sigmoid form is
+# a choice for LiteRT alone, counted as a --form variant)
+AFTER = {"hardswish": "int8", "dyrelu": "relu", "silu": "native"}
 SUFFIX = {"executorch": ".pte", "tflite": ".tflite"}
 IGEMM_GAP = 2.59  # ExecuTorch / LiteRT time of one dense 3x3 convolution (benchmarks/runtime_kernels.py, 2026-12-02)
 

@@ -425,9 +425,10 @@ def _importable(modules: tuple[str, ...]) -> tuple[bool, str]:
     return True, ""
 
 
-# Deploy formulations (mobilevits.layers.set_deploy_forms): the one-kernel forms, and those a backend picks for int8
-# where its int8 kernels lack a hardswish or a maximum and the rewrite measured faster (benchmarks/int8_forms.py).
-FP32_FORMS = {"hardswish": "native", "dyrelu": "max"}
+# Deploy formulations (mobilevits.layers.set_deploy_forms): one kernel per activation, what every backend runs in
+# fp32; a backend's int8 may pick another form of the same function where that measured faster on its runtime
+# (benchmarks/int8_forms.py on the host, benchmarks/arm_instructions.py on a phone's core).
+FP32_FORMS = {"hardswish": "native", "dyrelu": "max", "silu": "native"}
 
 
 _NOISY_LOGGERS = ("absl", "executorch", "coremltools", "litert_torch", "torch._export", "torchao",

@@ -25,6 +25,7 @@ __all__ = [
     "make_divisible",
     "get_act",
     "HardSigmoid",
+    "SiLU",
     "HardSwish",
     "set_deploy_forms",
     "deploy_forms",
@@ -90,6 +91,30 @@ class HardSwish(nn.Module):
         return F.hardswish(x)
 
 
+class SiLU(nn.Module):
+    """x * sigmoid(x) in one of two formulations of the same function (``form``):
+
+    * ``"native"``: one ``aten.silu``, one kernel on every backend (the default);
+    * ``"sigmoid"``: ``x * sigmoid(x)``, written out. litert-torch's int8 quantizer has no SiLU, so the native
+      form runs in float between a DEQUANTIZE and a QUANTIZE; a sigmoid it gives the fixed int8 range of a
+      probability, and the product is an int8 MUL, so the whole activation stays int8 in a .tflite.
+
+    :func:`set_deploy_forms` switches it; the two forms agree to within float rounding (tested).
+    """
+
+    deploy_kind = "silu"
+    forms = ("native", "sigmoid")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.form = "native"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.form == "sigmoid":
+            return x * torch.sigmoid(x)
+        return F.silu(x)
+
+
 _ACTS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
     "relu6": nn.ReLU6,
@@ -97,7 +122,7 @@ _ACTS: dict[str, Callable[[], nn.Module]] = {
     # not nn.Hardsigmoid: ExecuTorch decomposes aten.hardsigmoid with 0-d float64 constants whose dtype
     # casts (_to_dim_order_copy) stay outside the XNNPACK delegate (16 in MobileNetV3-Small)
     "hsigmoid": HardSigmoid,
-    "silu": nn.SiLU,
+    "silu": SiLU,
     "gelu": nn.GELU,
     "sigmoid": nn.Sigmoid,
     "identity": nn.Identity,
@@ -423,6 +448,7 @@ def deploy_forms(model: nn.Module) -> dict[str, str]:
 
 
 register_deploy_kind(HardSwish.deploy_kind, HardSwish.forms)
+register_deploy_kind(SiLU.deploy_kind, SiLU.forms)
 register_deploy_kind(LayerNorm.deploy_kind, LayerNorm.forms)
 
 

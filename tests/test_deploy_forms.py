@@ -8,7 +8,7 @@ import torch
 
 import mobilevits
 from converters import get_converter
-from mobilevits.layers import HardSwish, deploy_forms, parse_deploy_forms, set_deploy_forms
+from mobilevits.layers import HardSwish, SiLU, deploy_forms, parse_deploy_forms, set_deploy_forms
 from mobilevits.models.mobile_former import DynamicReLU
 
 
@@ -18,6 +18,14 @@ def test_hardswish_forms_agree():
     b.form = "int8"
     torch.testing.assert_close(b(x), a(x), rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(a(x), torch.nn.functional.hardswish(x), rtol=0, atol=0)
+
+
+def test_silu_forms_agree():
+    x = torch.cat([torch.linspace(-20, 20, 4001), torch.randn(10000) * 4])
+    a, b = SiLU(), SiLU()
+    b.form = "sigmoid"
+    torch.testing.assert_close(b(x), a(x), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(a(x), torch.nn.functional.silu(x), rtol=0, atol=0)
 
 
 def test_dynamic_relu_forms_agree():
@@ -38,30 +46,36 @@ def _trained(name: str, res: int, tmp_path) -> torch.nn.Module:
     return mobilevits.create_model(name, num_classes=10, resolution=res, weights=r["weights"]).eval()
 
 
-@pytest.mark.parametrize("name,res", [("mobile_former_tiny", 96), ("levit_tiny", 128)])
+@pytest.mark.parametrize("name,res", [("mobile_former_tiny", 96), ("levit_tiny", 128), ("efficientnet_tiny", 96)])
 def test_int8_forms_compute_the_same_model(name, res, tmp_path):
     # a model trained on digits (realistic activations) and a re-randomised one
     models = [_trained(name, res, tmp_path), mobilevits.create_model(name, num_classes=10, resolution=res).eval()]
     x = torch.rand(4, 3, res, res)
     for model in models:
         with torch.no_grad():
-            plain = model(x)
-            set_deploy_forms(model, hardswish="int8", dyrelu="relu")
-            assert set(deploy_forms(model).values()) <= {"int8", "relu", "mean"}
+            plain, own = model(x), deploy_forms(model)
+            set_deploy_forms(model, hardswish="int8", dyrelu="relu", silu="sigmoid")  # kinds it lacks: ignored
+            assert set(deploy_forms(model).values()) <= {"int8", "relu", "mean", "sigmoid"}
+            assert deploy_forms(model) != own  # a form did change
             # equal to float rounding: within 1e-6 of the logits' scale
             assert (model(x) - plain).abs().max() <= 1e-6 * plain.abs().max(), (model(x) - plain).abs().max()
 
 
 def test_backends_choose_forms_by_precision():
     # measured choices: on a phone's core (benchmarks/arm_instructions.py) every backend counts fewer instructions
-    # with one kernel per activation, int8 too; the hardswish rewrite is an opt-in form (x86 LiteRT ran it faster)
-    for backend, precision in (("tflite", "int8"), ("tflite", "fp32"), ("executorch", "int8"),
-                               ("executorch", "fp32"), ("coreml", "fp16")):
-        m = mobilevits.create_model("mobile_former_tiny")
-        if backend != "coreml":  # these set both kinds whatever was there; Core ML converts the forms as built
-            set_deploy_forms(m, hardswish="int8", dyrelu="relu")
-        m = get_converter(backend).prepare_model(m, precision)
-        assert deploy_forms(m)["hardswish"] == "native" and deploy_forms(m)["dyrelu"] == "max", (backend, precision)
+    # with one kernel per hardswish and maximum, int8 too (the hardswish rewrite is an opt-in form: x86 LiteRT ran it
+    # faster); TFLite int8 writes SiLU as x * sigmoid(x), which litert-torch quantises
+    for name in ("mobile_former_tiny", "efficientnet_tiny"):
+        for backend, precision in (("tflite", "int8"), ("tflite", "fp32"), ("executorch", "int8"),
+                                   ("executorch", "fp32"), ("coreml", "fp16")):
+            m = mobilevits.create_model(name)
+            if backend != "coreml":  # these set every kind whatever was there; Core ML converts the forms as built
+                set_deploy_forms(m, hardswish="int8", dyrelu="relu", silu="sigmoid")
+            forms = deploy_forms(get_converter(backend).prepare_model(m, precision))
+            silu = "sigmoid" if (backend, precision) == ("tflite", "int8") else "native"
+            expect = {"hardswish": "native", "dyrelu": "max", "silu": silu}
+            assert {k: v for k, v in forms.items() if k in expect} == {k: expect[k] for k in forms if k in expect}
+            assert forms.keys() & expect.keys(), (name, forms)  # the model has some of these kinds
 
 
 def test_form_overrides_are_checked():
@@ -220,10 +234,12 @@ def test_tflite_int8_runs_adds_muls_and_pools_in_int8(artifact):
     assert float_ops(r["artifact"]) == {} and r["check"]["passed"], r["check"]
     assert r["delegation"]["float_ops"] == {}
     r = artifact("efficientnet_tiny", "tflite", "int8", check=True)
+    assert float_ops(r["artifact"]) == {} and r["check"]["passed"], r["check"]  # its SiLUs as x * sigmoid(x)
+    # written as one SiLU, litert-torch quantises none (a LOGISTIC and a MUL in float each), nor the residual
+    # add after it without _with_source_fns; the count sees what stays float, and the summary says so
+    r = artifact("efficientnet_tiny", "tflite", "int8", check=True, forms={"silu": "native"})
     floats = float_ops(r["artifact"])
-    assert "ADD" not in floats and r["check"]["passed"], (floats, r["check"])
-    # the count sees what does stay float: litert-torch has no int8 SiLU (a LOGISTIC and a MUL in float)
-    assert floats.get("LOGISTIC", 0) > 0
+    assert "ADD" not in floats and floats.get("LOGISTIC", 0) > 0 and r["check"]["passed"], (floats, r["check"])
     assert "in float between int8 ops: " in get_converter("tflite").delegation(Path(r["artifact"])).summary()
 
 
