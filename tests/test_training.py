@@ -66,7 +66,7 @@ def _assert_same_state(a: dict, b: dict) -> None:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
 
 
-QAT_ARGS = ["--backend", "executorch", "--resolution", str(RES), "--epochs", "3", "--train-limit", "384",
+QAT_ARGS = ["--backend", "executorch", "--resolution", str(RES), "--epochs", "3", "--train-limit", "192",
             "--batch-size", "32", "--no-convert", "--json"]
 
 
