@@ -384,6 +384,8 @@ def _with_source_fns(quantizer: Any) -> Any:
     LiteRT's int8 ADD, one step off PyTorch's rounding, moved the class token enough that the final LayerNorm
     amplified it: TNT's tiny test model fell to 16 dB against its quantised graph (tests/test_converters.py).
     """
+    from torchao.quantization.pt2e.quantizer import FixedQParamsQuantizationSpec, SharedQuantizationSpec
+
     original = quantizer.annotate
 
     def annotate(model: torch.fx.GraphModule) -> torch.fx.GraphModule:
@@ -391,7 +393,20 @@ def _with_source_fns(quantizer: Any) -> Any:
             if (n.op == "call_function" and n.target in _SOURCE_FNS and not n.meta.get("source_fn_stack")
                     and _image_shaped(n)):
                 n.meta["source_fn_stack"] = [(n.name, _SOURCE_FNS[n.target])]
-        return original(model)
+        model = original(model)
+        # an op reading a sigmoid (fixed int8 range 1/256) reads it as is: LiteRT's MUL takes the LOGISTIC's
+        # int8 output directly, so a requantisation to an observed scale in between would be in the PyTorch
+        # graph only (24 quantize nodes with no .tflite tensor in MobileViT's tiny model, silu=sigmoid)
+        for n in model.graph.nodes:
+            ann = n.meta.get("quantization_annotation")
+            if ann is None or not ann.input_qspec_map:
+                continue
+            for inp in list(ann.input_qspec_map):
+                src = inp.meta.get("quantization_annotation")
+                if (inp.op == "call_function" and inp.target == torch.ops.aten.sigmoid.default and src is not None
+                        and isinstance(src.output_qspec, FixedQParamsQuantizationSpec)):
+                    ann.input_qspec_map[inp] = SharedQuantizationSpec(inp)
+        return model
 
     quantizer.annotate = annotate
     return quantizer
