@@ -83,9 +83,9 @@ def main() -> int:
                 if key in row:
                     continue
                 forms = variant_forms(variant)
-                own = default_forms(model, backend) if forms is not None else None
+                own = default_forms(model, backend) if forms is not None else {}
                 # the backend's own forms already, or kinds the model lacks: the same program
-                if own is not None and own == {**own, **{k: v for k, v in forms.items() if k in own}}:
+                if forms is not None and all(own.get(k, v) == v for k, v in forms.items()):
                     row[key] = dict(row["int8"])
                     continue
                 path = artifact(model, backend, variant, args.out)

@@ -62,7 +62,7 @@ class TFLiteConverter(Converter):
         if qat:
             _patch_litert_qat_pattern_helper()
         q = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=qat))
-        q = keep_float(_share_resize_qparams(_with_source_fns(q) if self.source_fns else q))
+        q = keep_float(_share_resize_qparams(_share_sigmoid_qparams(_with_source_fns(q)) if self.source_fns else q))
         # with adds and muls annotated, one between two float-only ops (LeViT's attention bias between its
         # float batch matmul and softmax) would cost a QUANTIZE and a DEQUANTIZE: it stays in the float island
         return merge_float_islands(q) if self.merge_islands else q
@@ -384,8 +384,6 @@ def _with_source_fns(quantizer: Any) -> Any:
     LiteRT's int8 ADD, one step off PyTorch's rounding, moved the class token enough that the final LayerNorm
     amplified it: TNT's tiny test model fell to 16 dB against its quantised graph (tests/test_converters.py).
     """
-    from torchao.quantization.pt2e.quantizer import FixedQParamsQuantizationSpec, SharedQuantizationSpec
-
     original = quantizer.annotate
 
     def annotate(model: torch.fx.GraphModule) -> torch.fx.GraphModule:
@@ -393,17 +391,30 @@ def _with_source_fns(quantizer: Any) -> Any:
             if (n.op == "call_function" and n.target in _SOURCE_FNS and not n.meta.get("source_fn_stack")
                     and _image_shaped(n)):
                 n.meta["source_fn_stack"] = [(n.name, _SOURCE_FNS[n.target])]
+        return original(model)
+
+    quantizer.annotate = annotate
+    return quantizer
+
+
+def _share_sigmoid_qparams(quantizer: Any) -> Any:
+    """Let an op that reads a sigmoid read its fixed int8 range (scale 1/256) as is; returns ``quantizer``.
+
+    LiteRT's MUL takes the LOGISTIC's int8 output directly, so a requantisation to the mul's observed scale in
+    between would be in the PyTorch graph only (24 quantize nodes with no .tflite tensor in MobileViT's tiny
+    model with silu=sigmoid, which the per-op layer check could not match).
+    """
+    from torchao.quantization.pt2e.quantizer import FixedQParamsQuantizationSpec, SharedQuantizationSpec
+
+    original = quantizer.annotate
+
+    def annotate(model: torch.fx.GraphModule) -> torch.fx.GraphModule:
         model = original(model)
-        # an op reading a sigmoid (fixed int8 range 1/256) reads it as is: LiteRT's MUL takes the LOGISTIC's
-        # int8 output directly, so a requantisation to an observed scale in between would be in the PyTorch
-        # graph only (24 quantize nodes with no .tflite tensor in MobileViT's tiny model, silu=sigmoid)
         for n in model.graph.nodes:
             ann = n.meta.get("quantization_annotation")
-            if ann is None or not ann.input_qspec_map:
-                continue
-            for inp in list(ann.input_qspec_map):
+            for inp in list(ann.input_qspec_map) if ann is not None else []:
                 src = inp.meta.get("quantization_annotation")
-                if (inp.op == "call_function" and inp.target == torch.ops.aten.sigmoid.default and src is not None
+                if (inp.target == torch.ops.aten.sigmoid.default and src is not None
                         and isinstance(src.output_qspec, FixedQParamsQuantizationSpec)):
                     ann.input_qspec_map[inp] = SharedQuantizationSpec(inp)
         return model
