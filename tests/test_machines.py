@@ -126,10 +126,16 @@ def test_tflite_on_qemu_arm64_through_debian_arm64_python(qemu, needs, artifact,
         assert "ai-edge-litert 1.4.0" in b["cells"][0]["runtime_version"]
         p = _cli("profile", tfl, "--device", "qemu-arm64")  # no ETDump for a .tflite: one line, exit 2
         assert p.returncode == 2 and "--instructions --device qemu-arm64" in p.stderr and "Traceback" not in p.stderr
-        p = _cli("profile", tfl, "--device", "qemu-arm64", "--instructions", "--json")
+        p = _cli("profile", tfl, "--device", "qemu-arm64", "--functions", "--json")
         assert p.returncode == 0, p.stderr[-2000:]
         n = json.loads(p.stdout)  # the Python interpreter's start-up cancels out
         assert "ai-edge-litert" in n["tool"] and 1e5 < n["instructions_per_forward"] < n["instructions_load_and_first"]
+        # LiteRT's per-operator profile: per function, adding up to the forward, its XNNPACK int8 kernels named
+        fns = n["functions"]
+        assert abs(sum(f["instructions_per_forward"] for f in fns) - n["instructions_per_forward"]) < (
+            0.03 * n["instructions_per_forward"])
+        int8 = sum(f["instructions_per_forward"] for f in fns if (f["family"] or "").startswith("qs8_qc8w_"))
+        assert int8 > 0.2 * n["instructions_per_forward"], fns[:10]
 
 
 def test_sme_on_an_old_qemu_is_refused_with_the_way_out(qemu, monkeypatch):
@@ -314,3 +320,33 @@ def test_ssh_without_a_key_is_one_line(sshd, artifact, tmp_path):
 def test_local_device_is_the_host():
     with LocalDevice() as dev:
         assert dev.info()["kind"] == "host" and not dev.emulated
+
+
+def test_blocks_are_named_by_the_function_that_holds_them(qemu, tmp_path):
+    """The per-function count places each block in the mapped file that holds it and names the function from
+    the file's symbols; a map that puts the file elsewhere names other functions (the check can fail)."""
+    from mobilevits.workflows.profile import _per_forward, _xnn_family, functions_of_blocks
+
+    libc = QEMU_SYSROOT / "lib" / "libc.so.6"
+    nm = subprocess.run(["aarch64-linux-gnu-nm", "-D", "--defined-only", str(libc)], capture_output=True, text=True,
+                        check=True).stdout.split("\n")
+    addr = {ln.split()[2].split("@")[0]: int(ln.split()[0], 16) for ln in nm if ln.split()[1:2] in (["T"], ["i"])}
+    base = 0x5500000000
+
+    def blocks(mapped_at: int) -> Path:
+        path = tmp_path / f"blocks{mapped_at:x}.txt"
+        path.write_text(f"{base + addr['memcpy']:x} 700\n{base + addr['memcpy'] + 8:x} 300\n"
+                        f"{base + addr['strlen']:x} 50\n{0x10:x} 5\nmaps\n"
+                        f"{mapped_at:x}-{mapped_at + 0x200000:x} r-xp 00000000 fe:00 1   {libc}\n")
+        return path
+
+    # memcpy's two blocks add up; an address in no mapped file is code made at run time
+    assert functions_of_blocks(blocks(base)) == {("libc.so.6", "~memcpy"): 1000, ("libc.so.6", "~strlen"): 50,
+                                                 ("[anonymous]", ""): 5}
+    shifted = functions_of_blocks(blocks(base + 0x1000))
+    assert ("libc.so.6", "~memcpy") not in shifted and sum(shifted.values()) == 1055
+    # per forward: (I_last - I_first) / forwards; start-up work that both runs share cancels
+    rows = _per_forward({("a", "f"): 100, ("a", "g"): 10}, {("a", "f"): 2100, ("a", "g"): 10}, 10)
+    assert rows == [{"library": "a", "function": "f", "family": None, "instructions_per_forward": 200.0}]
+    assert _xnn_family("xnn_qs8_qc8w_dwconv_minmax_fp32_ukernel_25p16c__neonv8_mla8_ld64") == "qs8_qc8w_dwconv"
+    assert _xnn_family("xnn_f32_vhswish_ukernel__neon_u16") == "f32_vhswish" and _xnn_family("memcpy") is None

@@ -204,17 +204,19 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
     instructions = None
     tflite = Path(args.artifact).suffix == ".tflite"
-    if tflite and not args.instructions:
+    if tflite and not (args.instructions or args.functions):
         raise ValueError(f"{args.artifact}: per-operator profiles read ExecuTorch's ETDump (a .pte); a .tflite gets "
-                         f"its instructions per forward: --instructions --device qemu-arm64")
-    if args.instructions:  # first: its refusals (device, threads) come before the profile's run
-        from .profile import count_instructions
+                         f"its instructions per forward: --instructions --device qemu-arm64 (--functions: per kernel)")
+    if args.instructions or args.functions:  # first: its refusals (device, threads) come before the profile's run
+        from .profile import count_instructions, format_functions
 
-        instructions = count_instructions(args.artifact, threads=args.threads, device=args.device)
+        instructions = count_instructions(args.artifact, threads=args.threads, device=args.device,
+                                          by_function=args.functions)
     if tflite:
+        head = (f"{Path(args.artifact).name}: {instructions['instructions_per_forward'] / 1e6:.1f} M instructions "
+                f"per forward on {instructions['device']} ({instructions['tool']})")
         print(to_json(instructions) if args.json else
-              f"{Path(args.artifact).name}: {instructions['instructions_per_forward'] / 1e6:.1f} M instructions per "
-              f"forward on {instructions['device']} ({instructions['tool']})")
+              head + ("\n\n" + format_functions(instructions) if args.functions else ""))
         return 0
     result = profile_artifact(args.artifact, device=args.device, threads=args.threads, warmup=args.warmup,
                               iterations=args.iterations, etdump=args.etdump)
@@ -222,7 +224,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
         result["instructions"] = instructions
     if args.plot:
         result["plot"] = str(write_profile_plot(result, args.plot))
-    print(to_json(result) if args.json else format_profile(result))
+    print(to_json(result) if args.json else format_profile(result)
+          + ("\n\n" + format_functions(instructions) if args.functions else ""))
     return 0
 
 
@@ -572,6 +575,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--instructions", action="store_true",
                    help="also count instructions per forward (repeatable, load-proof): under valgrind on host, "
                         "with a qemu plugin on qemu-arm64")
+    s.add_argument("--functions", action="store_true",
+                   help="count instructions per function too (qemu-arm64 only; implies --instructions): LiteRT's "
+                        "per-operator profile, its XNNPACK kernels named by the library's symbols")
     s.add_argument("--plot", help="write a PNG of the slowest operator kinds")
     s.add_argument("--json", action="store_true", help="print one JSON object for machines")
     s.set_defaults(func=cmd_profile)

@@ -111,8 +111,90 @@ def profile_artifact(artifact: str | Path, device: str = "host", threads: int = 
             "etdump": str(etdump) if etdump else None, **summary}
 
 
-def count_instructions(artifact: str | Path, threads: int = 1, seed: int = 0, device: str = "host"
-                       ) -> dict[str, Any]:
+def _xnn_family(name: str) -> str | None:
+    """The operator an XNNPACK microkernel serves, from its name: ``xnn_qs8_qc8w_dwconv_minmax_fp32_ukernel_25p16c__
+    neonv8_mla8_ld64`` -> ``qs8_qc8w_dwconv`` (element type, then operation; the variant after ``ukernel`` is the
+    CPU-specific part). None for other functions."""
+    m = re.match(r"xnn_(\w+?)_ukernel", name)
+    if m is None:
+        return None
+    return re.sub(r"_(minmax|fp32|rndnu|gemmlowp|relu|linear)(?=_|$)", "", m.group(1))
+
+
+def _elf_functions(path: str) -> tuple[list[int], list[str], bool]:
+    """Start addresses (sorted) and demangled names of the functions in an ELF file, from its symbol table
+    (binutils' aarch64 ``nm``: the .so files of LiteRT's wheel keep theirs), and whether its addresses are fixed
+    (a non-PIE program) rather than offsets from where it is loaded. A file with only its dynamic table (libc,
+    Debian's python3) names its exported functions; a name there is prefixed ``~``: code between two exported
+    functions is counted to the lower one."""
+    nm = shutil.which("aarch64-linux-gnu-nm")
+    if nm is None:
+        from converters import RuntimeUnavailableError
+
+        raise RuntimeUnavailableError("naming the functions of an aarch64 program needs aarch64-linux-gnu-nm: "
+                                      "apt-get install binutils-aarch64-linux-gnu")
+    starts: dict[int, str] = {}
+    for args in (["--defined-only", "-C"], ["-D", "--defined-only", "-C"]):  # static table, else dynamic
+        p = subprocess.run([nm, *args, path], capture_output=True, text=True, check=False)
+        for line in p.stdout.splitlines():
+            addr, _, rest = line.partition(" ")
+            kind, _, name = rest.partition(" ")
+            if kind in ("t", "T", "W", "w", "i") and addr.strip("0123456789abcdef") == "":
+                starts.setdefault(int(addr, 16), name if args[0] != "-D" else "~" + name.split("@")[0])
+        if starts:
+            break
+    order = sorted(starts)
+    with open(path, "rb") as f:
+        fixed = f.read(18)[16:18] == b"\x02\x00"  # e_type ET_EXEC (little-endian)
+    return order, [starts[a] for a in order], fixed
+
+
+def functions_of_blocks(path: str | Path) -> dict[tuple[str, str], int]:
+    """Guest instructions per (library, function) from the counting plugin's ``blocks=`` file: each block's
+    address is placed in the mapped file that holds it (the plugin appends the emulator's memory map; qemu-user
+    maps a guest's file at the same address here, guest_base 0, which the main program's fixed address shows)
+    and named by the nearest function symbol at or below it; blocks outside any file count as ``[anonymous]``
+    (code generated at run time, or the emulator's own)."""
+    import bisect
+
+    lines = Path(path).read_text().splitlines()
+    cut = lines.index("maps")
+    per_addr: dict[int, int] = {}
+    for line in lines[:cut]:
+        a, n = line.split()
+        per_addr[int(a, 16)] = per_addr.get(int(a, 16), 0) + int(n)
+    maps = []  # (start, end, file); base of a file = start of its mapping at file offset 0
+    bases: dict[str, int] = {}
+    for line in lines[cut + 1:]:
+        f = line.split(maxsplit=5)
+        if len(f) < 6 or not f[5].startswith("/"):
+            continue
+        start, end = (int(v, 16) for v in f[0].split("-"))
+        maps.append((start, end, f[5]))
+        if int(f[2], 16) == 0:
+            bases.setdefault(f[5], start)
+    maps.sort()
+    starts = [m[0] for m in maps]
+    symbols: dict[str, tuple[list[int], list[str], bool]] = {}
+    out: dict[tuple[str, str], int] = {}
+    for addr, n in per_addr.items():
+        i = bisect.bisect_right(starts, addr) - 1
+        if i < 0 or addr >= maps[i][1]:
+            key = ("[anonymous]", "")
+        else:
+            file = maps[i][2]
+            if file not in symbols:
+                symbols[file] = _elf_functions(file)
+            order, names, fixed = symbols[file]
+            off = addr if fixed else addr - bases.get(file, maps[i][0])
+            j = bisect.bisect_right(order, off) - 1
+            key = (Path(file).name, names[j] if j >= 0 else f"+{off:#x}")
+        out[key] = out.get(key, 0) + n
+    return out
+
+
+def count_instructions(artifact: str | Path, threads: int = 1, seed: int = 0, device: str = "host",
+                       by_function: bool = False) -> dict[str, Any]:
     """Instructions executed per forward by the native runner: a cost figure that machine load does not move.
 
     ``host``: the host build under valgrind (callgrind; two counts of one program agree within about 1%).
@@ -131,6 +213,9 @@ def count_instructions(artifact: str | Path, threads: int = 1, seed: int = 0, de
     # under qemu the TFLite script in arm64 Python takes a .tflite too; on host valgrind runs the native runner
     artifact, _, x = _program_and_input(artifact, seed, (".pte",) if device == "host" else (".pte", ".tflite"))
     if device == "host":
+        if by_function:
+            raise ValueError("instructions per function are counted under qemu (a plugin that sees every block): "
+                             "--device qemu-arm64")
         if shutil.which("valgrind") is None:
             raise RuntimeUnavailableError("--instructions counts with valgrind: apt-get install valgrind")
         bundle = build_runner("host")
@@ -164,9 +249,10 @@ def count_instructions(artifact: str | Path, threads: int = 1, seed: int = 0, de
         # forwards divide that by 5 (the runner's Python also has a fixed hash seed); the native runner starts in a
         # few M instructions and takes 3
         last = 11 if artifact.suffix == ".tflite" else 3
+        functions = {}
         for n in (1, last):
             out = work / f"count{n}.txt"
-            dev.plugins = [f"{plugin},out={out}"]
+            dev.plugins = [f"{plugin},out={out}" + (f",blocks={work / f'blocks{n}.txt'}" if by_function else "")]
             p = dev.run([*argv, "--model", str(artifact), "--input", str(work / "x.npy"), "--threads", "1",
                          "--warmup", "0", "--iterations", str(n)], timeout=3600, env=env)
             if p.returncode != 0 or not out.is_file():
@@ -174,12 +260,46 @@ def count_instructions(artifact: str | Path, threads: int = 1, seed: int = 0, de
                                    f"{p.stderr.strip()[-300:]}")
             counts[n] = int(out.read_text())
             runner = json.loads(p.stdout.strip().splitlines()[-1])
+            if by_function:
+                functions[n] = functions_of_blocks(work / f"blocks{n}.txt")
         dev.plugins = []
         info = dev.info()
-    return {"instructions_per_forward": (counts[last] - counts[1]) / (last - 1),
-            "instructions_load_and_first": counts[1], "forwards_counted": last, "arch": "aarch64", "device": dev.spec,
-            "tool": f"{info['emulator']} -cpu {dev.cpu} with a counting plugin "
-                    f"({runner['runtime'] + ' in arm64 Python' if 'runtime' in runner else 'aarch64 build'})"}
+    result = {"instructions_per_forward": (counts[last] - counts[1]) / (last - 1),
+              "instructions_load_and_first": counts[1], "forwards_counted": last, "arch": "aarch64",
+              "device": dev.spec,
+              "tool": f"{info['emulator']} -cpu {dev.cpu} with a counting plugin "
+                      f"({runner['runtime'] + ' in arm64 Python' if 'runtime' in runner else 'aarch64 build'})"}
+    if by_function:
+        result["functions"] = _per_forward(functions[1], functions[last], last - 1)
+    return result
+
+
+def _per_forward(first: dict[tuple[str, str], int], last: dict[tuple[str, str], int], forwards: int
+                 ) -> list[dict[str, Any]]:
+    """Per-function instructions per forward, (I_last - I_first) / forwards, largest first; functions whose
+    difference is under 0.01% of the forward (start-up noise of the runner's Python) are left out."""
+    per = {k: (last.get(k, 0) - first.get(k, 0)) / forwards for k in set(first) | set(last)}
+    floor = 1e-4 * sum(per.values())
+    rows = [{"library": lib, "function": fn, "family": _xnn_family(fn), "instructions_per_forward": v}
+            for (lib, fn), v in per.items() if abs(v) >= floor]
+    return sorted(rows, key=lambda r: -r["instructions_per_forward"])
+
+
+def format_functions(r: dict[str, Any], rows: int = 15) -> str:
+    """Table for people: instructions per forward by operator (XNNPACK microkernels grouped by the operation
+    their name carries, other functions by name), then the single most expensive functions."""
+    total = r["instructions_per_forward"]
+    groups: dict[str, float] = {}
+    for f in r["functions"]:
+        key = f["family"] or f"{f['function'].split('(')[0]}"
+        groups[key] = groups.get(key, 0.0) + f["instructions_per_forward"]
+    lines = [f"{'XNNPACK operation or function':<58} {'M instr':>8} {'share':>6}"]
+    for k, v in sorted(groups.items(), key=lambda kv: -kv[1])[:rows]:
+        lines.append(f"{k[:58]:<58} {v / 1e6:>8.2f} {100 * v / total:>5.1f}%")
+    lines += ["", "top functions:"]
+    for f in r["functions"][:rows]:
+        lines.append(f"  {f['function'][:70]:<70} {f['instructions_per_forward'] / 1e6:>8.2f} M  ({f['library']})")
+    return "\n".join(lines)
 
 
 def format_profile(r: dict[str, Any], rows: int = 15) -> str:
