@@ -63,6 +63,7 @@ class TFLiteConverter(Converter):
             _patch_litert_qat_pattern_helper()
         q = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=qat))
         q = keep_float(_share_resize_qparams(_share_sigmoid_qparams(_with_source_fns(q)) if self.source_fns else q))
+        q = float_input_normalization(q)
         # with adds and muls annotated, one between two float-only ops (LeViT's attention bias between its
         # float batch matmul and softmax) would cost a QUANTIZE and a DEQUANTIZE: it stays in the float island
         return merge_float_islands(q) if self.merge_islands else q
@@ -158,10 +159,23 @@ def float_ops(interpreter: Any) -> dict[str, int]:
         with quiet():
             interpreter = Interpreter(model_path=str(interpreter))
     dtype = {t["index"]: np.dtype(t["dtype"]) for t in interpreter.get_tensor_details()}
-    ops = [op for op in interpreter._get_ops_details() if op["op_name"] not in ("DELEGATE", "QUANTIZE", "DEQUANTIZE")]
-    quantised = any(dtype[int(t)] in (np.int8, np.uint8) for op in ops for t in op["outputs"])
-    return dict(Counter(op["op_name"] for op in ops if quantised
-                        and any(dtype[int(t)] == np.float32 for t in op["outputs"])))
+    everything = [op for op in interpreter._get_ops_details() if op["op_name"] != "DELEGATE"]
+    produced = {int(t) for op in everything for t in op["outputs"]}
+    # the float prologue: ops that read only the program's float inputs (the baked-in input normalisation,
+    # float_input_normalization) run before the first QUANTIZE, not between a DEQUANTIZE and a QUANTIZE
+    prologue = {int(d["index"]) for d in interpreter.get_input_details()}
+    counted = Counter()
+    for op in everything:  # in execution order
+        outputs = [int(t) for t in op["outputs"]]
+        if op["op_name"] in ("QUANTIZE", "DEQUANTIZE") or not any(dtype[t] == np.float32 for t in outputs):
+            continue
+        if all(int(t) in prologue for t in op["inputs"] if int(t) in produced or int(t) in prologue):
+            prologue.update(outputs)
+            continue
+        counted[op["op_name"]] += 1
+    quantised = any(dtype[int(t)] in (np.int8, np.uint8) for op in everything for t in op["outputs"]
+                    if op["op_name"] not in ("QUANTIZE", "DEQUANTIZE"))
+    return dict(counted) if quantised else {}
 
 
 def float_io(path: Path) -> bool:
@@ -395,6 +409,50 @@ def _with_source_fns(quantizer: Any) -> Any:
 
     quantizer.annotate = annotate
     return quantizer
+
+
+def float_input_normalization(quantizer: Any) -> Any:
+    """Leave the input normalisation baked into the graph (``Normalize``: ``x * scale + shift``, per channel) in
+    float, so the input is quantised once, after it; returns ``quantizer``.
+
+    Quantised, the multiply-add ran after the NCHW -> NHWC change on int8 pixels of 3 channels: LiteRT's XNNPACK
+    called its int8 MUL and ADD once per pixel (on cortex-a76, 5.5 M of MobileNetV3-Small-0.75's 26.8 M
+    instructions per forward, benchmarks/arm_functions.py). In float it is the multiply-add over whole NCHW
+    planes that the fp32 program runs (0.1 M), on a float input that the program would convert anyway.
+    """
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+
+    original = quantizer.annotate
+
+    def annotate(model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+        model = original(model)
+        for mul, add in _input_affines(model.graph):
+            for n in (mul, add):
+                n.meta["quantization_annotation"] = QuantizationAnnotation(_annotated=True)
+        return model
+
+    quantizer.annotate = annotate
+    return quantizer
+
+
+def _input_affines(graph: torch.fx.Graph) -> list[tuple[torch.fx.Node, torch.fx.Node]]:
+    """(mul, add) pairs that compute ``input * constant + constant`` straight from a graph input."""
+
+    def const(a: Any) -> bool:
+        return isinstance(a, torch.fx.Node) and a.op == "get_attr"
+
+    pairs = []
+    for x in (n for n in graph.nodes if n.op == "placeholder"):
+        users = [u for u in x.users if isinstance(u.target, torch._ops.OpOverload)]  # not export's guard call
+        if len(users) != 1 or users[0].target != torch.ops.aten.mul.Tensor:
+            continue
+        mul = users[0]
+        if not any(const(a) for a in mul.args) or len(mul.users) != 1:
+            continue
+        add = next(iter(mul.users))
+        if add.target == torch.ops.aten.add.Tensor and any(const(a) for a in add.args):
+            pairs.append((mul, add))
+    return pairs
 
 
 def _share_sigmoid_qparams(quantizer: Any) -> Any:

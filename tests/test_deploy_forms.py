@@ -233,6 +233,10 @@ def test_tflite_int8_runs_adds_muls_and_pools_in_int8(artifact):
     r = artifact("mobilenetv3_tiny", "tflite", "int8", check=True)
     assert float_ops(r["artifact"]) == {} and r["check"]["passed"], r["check"]
     assert r["delegation"]["float_ops"] == {}
+    # the baked-in input normalisation runs in float on the NCHW input, then one QUANTIZE (in int8 LiteRT ran
+    # its MUL and ADD per pixel of 3 channels); float_ops does not count that prologue
+    first = [op["op_name"] for op in _ops(r["artifact"])[:3]]
+    assert first == ["MUL", "ADD", "QUANTIZE"], first
     r = artifact("efficientnet_tiny", "tflite", "int8", check=True)
     assert float_ops(r["artifact"]) == {} and r["check"]["passed"], r["check"]  # its SiLUs as x * sigmoid(x)
     # written as one SiLU, litert-torch quantises none (a LOGISTIC and a MUL in float each), nor the residual
@@ -241,6 +245,33 @@ def test_tflite_int8_runs_adds_muls_and_pools_in_int8(artifact):
     floats = float_ops(r["artifact"])
     assert "ADD" not in floats and floats.get("LOGISTIC", 0) > 0 and r["check"]["passed"], (floats, r["check"])
     assert "in float between int8 ops: " in get_converter("tflite").delegation(Path(r["artifact"])).summary()
+
+
+def _ops(path: str) -> list[dict]:
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    it = Interpreter(model_path=path, experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    return it._get_ops_details()
+
+
+def test_tflite_leaves_the_input_normalisation_float():
+    from converters.pipeline import build_source
+    from converters.tflite_backend import _input_affines
+
+    model = build_source({"name": "mobilenetv3_tiny", "num_classes": 10, "resolution": 224})
+    gm = torch.export.export(model, (torch.rand(1, 3, 224, 224),)).module()
+    q = get_converter("tflite").quantizer("int8")
+    q.annotate(gm)
+    (mul, add), = _input_affines(gm.graph)  # x * scale + shift, read from the input (export's guard call aside)
+    for n in (mul, add):
+        ann = n.meta["quantization_annotation"]
+        assert ann.output_qspec is None and not ann.input_qspec_map, n
+    # the first conv quantises what it reads: the one QUANTIZE after the normalisation
+    conv = next(n for n in gm.graph.nodes if n.target == torch.ops.aten.conv2d.default)
+    assert conv.args[0] is add and add in conv.meta["quantization_annotation"].input_qspec_map
+    # a multiply-add inside the model is no input normalisation
+    inner = torch.export.export(model.model, (torch.rand(1, 3, 224, 224),)).module()
+    assert _input_affines(inner.graph) == []
 
 
 class _Means(torch.nn.Module):
