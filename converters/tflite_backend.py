@@ -42,12 +42,15 @@ class TFLiteConverter(Converter):
     # int8 keeps one kernel per hardswish, measured on a phone's core: LiteRT's int8 HARD_SWISH counted 6-10% fewer
     # cortex-a76 instructions than the add/clamp/mul rewrite (benchmarks/arm_instructions.py), although on this x86
     # host the rewrite ran faster (MobileNetV3-Large 7.4 -> 4.4 ms) because XNNPACK's x86 delegate takes no int8
-    # HARD_SWISH; `--form hardswish=int8` keeps that choice for x86 targets. The dynamic-ReLU rewrite measured
-    # slower (Mobile-Former-294M 10.4 vs 11.2 ms), so dyrelu keeps max (benchmarks/int8_forms.py, BENCHMARKS.md).
+    # HARD_SWISH; `--form hardswish=int8` keeps that choice for x86 targets. Dynamic ReLU is written
+    # a2 x + relu((a1 - a2) x): LiteRT runs an int8 MAXIMUM with TFLite's slow broadcasting reference kernel outside
+    # XNNPACK (9.0 M of Mobile-Former-26M's 47.9 M cortex-a76 instructions per forward, profile --functions); with
+    # the rewrite int8 counts 1.03 of fp32 instead of 1.20 (on x86 the maximum ran faster, 10.4 vs 11.2 ms for
+    # Mobile-Former-294M: `--form dyrelu=max` there).
     # SiLU is written x * sigmoid(x): litert-torch quantises a sigmoid (fixed range) and a mul but has no SiLU, so
     # the native form ran every SiLU in float (EfficientNet-B0 int8: 0.74 of fp32's cortex-a76 instructions; 0.40
     # written out, the same accuracy against float).
-    INT8_FORMS: ClassVar[dict[str, str]] = {"hardswish": "native", "dyrelu": "max", "silu": "sigmoid"}
+    INT8_FORMS: ClassVar[dict[str, str]] = {"hardswish": "native", "dyrelu": "relu", "silu": "sigmoid"}
 
     def prepare_model(self, model: torch.nn.Module, precision: str = "fp32") -> torch.nn.Module:
         from mobilevits.layers import set_deploy_forms
