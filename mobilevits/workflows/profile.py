@@ -11,6 +11,7 @@ int8 <-> fp32 conversions around ops that have no int8 kernel: their count and s
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shutil
@@ -121,6 +122,7 @@ def _xnn_family(name: str) -> str | None:
     return re.sub(r"_(minmax|fp32|rndnu|gemmlowp|relu|linear)(?=_|$)", "", m.group(1))
 
 
+@functools.cache  # both runs of a count read the same files (LiteRT's .so: 100 MB)
 def _elf_functions(path: str) -> tuple[list[int], list[str], bool]:
     """Start addresses (sorted) and demangled names of the functions in an ELF file, from its symbol table
     (binutils' aarch64 ``nm``: the .so files of LiteRT's wheel keep theirs), and whether its addresses are fixed
